@@ -1,0 +1,155 @@
+//! A test guest for fibhost's own suites: a per-instance request counter (to observe reuse and
+//! recycling) and each misbehaviour a host must contain. Never deploy it.
+//!
+//! | path | behaviour |
+//! |---|---|
+//! | `/count` | how many requests this instance has served, this one included |
+//! | `/version` | `v1`, or `v2` when built with the `v2` feature |
+//! | `/grow?mib=N` | keeps N more MiB of linear memory alive, then answers like `/count` |
+//! | `/sleep?ms=N` | answers after N ms of idle waiting (a slow but well-behaved request) |
+//! | `/loop` | spins forever (CPU) |
+//! | `/alloc` | allocates until allocation fails |
+//! | `/panic` | panics |
+//! | `/stack` | recurses until the stack overflows |
+//! | `/stream?mib=N` | streams an N MiB body (default 100) |
+//! | `/stall` | sends headers and a first chunk, then waits forever |
+//! | `/env?name=X` | the value of environment variable X, or 404 |
+//! | `/echo` | echoes the request body |
+
+use std::cell::RefCell;
+use std::hint::black_box;
+use std::io::{Read as _, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasip2::clocks::monotonic_clock;
+use wasip2::exports::http::incoming_handler::Guest;
+use wasip2::http::types::{
+    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+struct Testbed;
+
+wasip2::http::proxy::export!(Testbed);
+
+static SERVED: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Memory kept alive on purpose by `/grow`, so that linear memory stays large.
+    static HOARD: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+const VERSION: &str = if cfg!(feature = "v2") { "v2" } else { "v1" };
+const MIB: usize = 1024 * 1024;
+
+impl Guest for Testbed {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
+        let target = request.path_with_query().unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let param = |key: &str| {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        };
+        let number = |key: &str, default: u64| {
+            param(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+        };
+        match path {
+            "/count" => reply(response_out, 200, served.to_string()),
+            "/version" => reply(response_out, 200, VERSION.to_string()),
+            "/grow" => {
+                let mib = number("mib", 1) as usize;
+                HOARD.with(|h| h.borrow_mut().push(black_box(vec![1u8; mib * MIB])));
+                reply(response_out, 200, served.to_string());
+            }
+            "/sleep" => {
+                monotonic_clock::subscribe_duration(number("ms", 100) * 1_000_000).block();
+                reply(response_out, 200, "slept".to_string());
+            }
+            "/loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = black_box(x.wrapping_add(1));
+                }
+            }
+            "/alloc" => {
+                let mut all = Vec::new();
+                loop {
+                    all.push(black_box(vec![1u8; 4 * MIB]));
+                }
+            }
+            "/panic" => panic!("testbed was asked to panic"),
+            "/stack" => reply(response_out, 200, recurse(black_box(1)).to_string()),
+            "/stream" => {
+                let mib = number("mib", 100) as usize;
+                let body = start(response_out, 200, None);
+                if let Ok(mut stream) = body.write() {
+                    let chunk = vec![b'x'; 64 * 1024];
+                    for _ in 0..mib * 16 {
+                        if stream.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = stream.flush();
+                }
+                let _ = OutgoingBody::finish(body, None);
+            }
+            "/stall" => {
+                let body = start(response_out, 200, None);
+                if let Ok(mut stream) = body.write() {
+                    let _ = stream.write_all(b"first chunk\n");
+                    let _ = stream.flush();
+                    monotonic_clock::subscribe_duration(3_600 * 1_000_000_000).block();
+                }
+                let _ = OutgoingBody::finish(body, None);
+            }
+            "/env" => match param("name").and_then(|n| std::env::var(n).ok()) {
+                Some(v) => reply(response_out, 200, v),
+                None => reply(response_out, 404, "unset".to_string()),
+            },
+            "/echo" => {
+                let mut data = Vec::new();
+                if let Ok(body) = request.consume() {
+                    if let Ok(mut stream) = body.stream() {
+                        let _ = stream.read_to_end(&mut data);
+                    }
+                    let _ = IncomingBody::finish(body);
+                }
+                reply(response_out, 200, String::from_utf8_lossy(&data).into_owned());
+            }
+            _ => reply(response_out, 404, "no such testbed path".to_string()),
+        }
+    }
+}
+
+#[inline(never)]
+#[expect(unconditional_recursion, reason = "`/stack` exists to overflow the stack")]
+fn recurse(depth: u64) -> u64 {
+    let pad = black_box([depth; 64]);
+    recurse(depth + 1) + pad[black_box(3)]
+}
+
+/// Sends the status and headers and returns the body to write.
+fn start(out: ResponseOutparam, status: u16, length: Option<usize>) -> OutgoingBody {
+    let headers = Fields::new();
+    let _ = headers.append("content-type", b"text/plain");
+    if let Some(len) = length {
+        let _ = headers.append("content-length", len.to_string().as_bytes());
+    }
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(status);
+    let body = response.body().expect("a fresh response's body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    body
+}
+
+fn reply(out: ResponseOutparam, status: u16, text: String) {
+    let body = start(out, status, Some(text.len()));
+    if let Ok(mut stream) = body.write() {
+        let _ = stream.write_all(text.as_bytes());
+        let _ = stream.flush();
+    }
+    let _ = OutgoingBody::finish(body, None);
+}

@@ -1,0 +1,500 @@
+//! Configuration: one typed, validated [`Config`] built from defaults, the TOML file and the
+//! command line (in rising precedence).
+//!
+//! [`Settings`] is the layer type: every option is an `Option`, so a layer says only what it
+//! sets. The same struct is the clap argument set (each field a flag with a `FIBHOST_*` env
+//! var) and the serde shape of the file (kebab-case keys, unknown keys rejected), so the CLI
+//! and the file cannot drift apart. [`Settings::resolve`] fills defaults, validates every
+//! value and produces the [`Config`] the server runs on; the server never sees clap or TOML.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+/// Default address: loopback, so that a first run exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default for the bounded wait queue, per component: requests that wait for a free worker.
+pub const DEFAULT_QUEUE: usize = 1024;
+/// Default bound on the time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// Default `request-timeout` (uWSGI's `harakiri`): a guest that runs longer is interrupted.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 60;
+/// Default cap on one instance's linear memory.
+pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 256;
+/// Default jitter on lifetime and memory limits, as a fraction of the limit.
+pub const DEFAULT_LIFETIME_JITTER: f64 = 0.1;
+/// Default maximum request body size (413 above it).
+pub const DEFAULT_MAX_BODY_MIB: u64 = 16;
+/// Default maximum size of a request head (request line and headers).
+pub const DEFAULT_MAX_HEADER_KIB: u64 = 64;
+/// Default time a client gets to send a complete request head (slowloris bound).
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Default cap on simultaneously open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Longest accepted `--workers`: each worker holds an instance slot in the pooling allocator.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Output format of the process log (access log included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// One layer of settings: the command line, or the config file.
+///
+/// Doc comments here are the `--help` text; `examples/fibhost.toml` documents the same keys.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// The wasi:http component to serve on `/` (a `.wasm` file).
+    #[arg(long, env = "FIBHOST_COMPONENT", value_name = "PATH")]
+    pub component: Option<PathBuf>,
+
+    /// Number of workers: guest instances serving in parallel, one request each
+    /// [default: number of CPUs].
+    #[arg(long, env = "FIBHOST_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Address to listen on; port 0 picks a free port (the startup line prints the real one)
+    /// [default: 127.0.0.1:8080].
+    #[arg(long, env = "FIBHOST_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Requests that may wait for a busy worker; past this the server answers 503
+    /// [default: 1024].
+    #[arg(long, env = "FIBHOST_QUEUE")]
+    pub queue: Option<usize>,
+
+    /// Recycle an instance after it served this many requests; 0 = never (uWSGI
+    /// `max-requests`) [default: 0].
+    #[arg(long, env = "FIBHOST_MAX_REQUESTS")]
+    pub max_requests: Option<u64>,
+
+    /// Recycle an instance after this many seconds; 0 = never (uWSGI
+    /// `max-worker-lifetime`) [default: 0].
+    #[arg(long, env = "FIBHOST_MAX_WORKER_LIFETIME", value_name = "SECS")]
+    #[serde(rename = "max-worker-lifetime")]
+    pub max_worker_lifetime_secs: Option<f64>,
+
+    /// Random spread of lifetime and memory limits, as a fraction (0.1 = each instance draws
+    /// its limit within ±10%), so workers do not recycle together [default: 0.1].
+    #[arg(long, env = "FIBHOST_LIFETIME_JITTER", value_name = "FRACTION")]
+    pub lifetime_jitter: Option<f64>,
+
+    /// Lifetime and memory recycling spare instances younger than this (uWSGI
+    /// `min-worker-lifetime`) [default: 0].
+    #[arg(long, env = "FIBHOST_MIN_WORKER_LIFETIME", value_name = "SECS")]
+    #[serde(rename = "min-worker-lifetime")]
+    pub min_worker_lifetime_secs: Option<f64>,
+
+    /// Recycle an instance whose linear memory exceeds this many MiB after a request; 0 =
+    /// never (uWSGI `reload-on-rss`) [default: 0].
+    #[arg(long, env = "FIBHOST_RELOAD_ON_MEMORY", value_name = "MIB")]
+    #[serde(rename = "reload-on-memory")]
+    pub reload_on_memory_mib: Option<u64>,
+
+    /// Interrupt a guest still running after this many seconds: 504 for that request, fresh
+    /// instance (uWSGI `harakiri`); 0 = never [default: 60].
+    #[arg(long, env = "FIBHOST_REQUEST_TIMEOUT", value_name = "SECS")]
+    #[serde(rename = "request-timeout")]
+    pub request_timeout_secs: Option<f64>,
+
+    /// Cap on one instance's linear memory in MiB; growth past it fails inside the guest
+    /// [default: 256].
+    #[arg(long, env = "FIBHOST_MEMORY_LIMIT", value_name = "MIB")]
+    #[serde(rename = "memory-limit")]
+    pub memory_limit_mib: Option<u64>,
+
+    /// Environment variable granted to the guest: `NAME` passes fibhost's own value, `NAME=value`
+    /// sets one. Repeatable. A guest sees no other variable.
+    #[arg(long = "env", env = "FIBHOST_ENV", value_name = "NAME[=VALUE]", value_delimiter = ',')]
+    pub env: Option<Vec<String>>,
+
+    /// Largest accepted request body in MiB; larger ones get 413 [default: 16].
+    #[arg(long, env = "FIBHOST_MAX_BODY_SIZE", value_name = "MIB")]
+    #[serde(rename = "max-body-size")]
+    pub max_body_mib: Option<u64>,
+
+    /// Largest accepted request head (request line and headers) in KiB [default: 64].
+    #[arg(long, env = "FIBHOST_MAX_HEADER_SIZE", value_name = "KIB")]
+    #[serde(rename = "max-header-size")]
+    pub max_header_kib: Option<u64>,
+
+    /// Seconds a client has to send a complete request head before the connection is closed
+    /// [default: 10].
+    #[arg(long, env = "FIBHOST_HEADER_READ_TIMEOUT", value_name = "SECS")]
+    #[serde(rename = "header-read-timeout")]
+    pub header_read_timeout_secs: Option<f64>,
+
+    /// Most client connections open at once; further clients wait in the kernel's backlog
+    /// [default: 10000].
+    #[arg(long, env = "FIBHOST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Turn the per-request access log off (uWSGI `disable-logging`).
+    #[arg(long, env = "FIBHOST_DISABLE_LOGGING", num_args = 0..=1, default_missing_value = "true")]
+    pub disable_logging: Option<bool>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "FIBHOST_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT [default: 30].
+    #[arg(long, env = "FIBHOST_SHUTDOWN_TIMEOUT", value_name = "SECS")]
+    #[serde(rename = "shutdown-timeout")]
+    pub shutdown_timeout_secs: Option<f64>,
+}
+
+/// Fills `$target`'s unset fields from `$fallback`, for each field named.
+macro_rules! layer {
+    ($target:ident, $fallback:ident; $($field:ident),* $(,)?) => {
+        $( if $target.$field.is_none() { $target.$field = $fallback.$field; } )*
+    };
+}
+
+impl Settings {
+    /// Reads a config file. Unknown keys are errors that name the closest known key.
+    pub fn from_file(path: &Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file `{}`", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("invalid config file `{}`", path.display()))
+    }
+
+    /// Parses the text of a config file.
+    pub fn from_toml(text: &str) -> Result<Settings> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            let hint = unknown_key(&message)
+                .and_then(|key| closest_key(key))
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_default();
+            let location = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("{message}{location}{hint}")
+        })
+    }
+
+    /// Returns `self` with every unset option taken from `fallback`.
+    pub fn or(mut self, fallback: Settings) -> Settings {
+        layer!(self, fallback;
+            component, workers, listen, queue, max_requests, max_worker_lifetime_secs,
+            lifetime_jitter, min_worker_lifetime_secs, reload_on_memory_mib,
+            request_timeout_secs, memory_limit_mib, env, max_body_mib, max_header_kib,
+            header_read_timeout_secs, max_connections, disable_logging, log_format,
+            shutdown_timeout_secs,
+        );
+        self
+    }
+
+    /// Applies defaults and validates every value, naming the key of any bad one.
+    pub fn resolve(self) -> Result<Config> {
+        let component = self.component.context(
+            "no component to serve: pass `--component PATH` or set `component` in the config file",
+        )?;
+        let workers = self.workers.unwrap_or_else(default_workers);
+        if workers == 0 || workers > MAX_WORKERS {
+            bail!("`workers` must be between 1 and {MAX_WORKERS}, got {workers}");
+        }
+        let jitter = self.lifetime_jitter.unwrap_or(DEFAULT_LIFETIME_JITTER);
+        if !(0.0..1.0).contains(&jitter) {
+            bail!("`lifetime-jitter` must be a fraction in [0, 1), got {jitter}");
+        }
+        let memory_limit_mib = self.memory_limit_mib.unwrap_or(DEFAULT_MEMORY_LIMIT_MIB);
+        if memory_limit_mib == 0 || memory_limit_mib > 4096 {
+            bail!("`memory-limit` must be between 1 and 4096 MiB, got {memory_limit_mib}");
+        }
+        let env = resolve_env(self.env.unwrap_or_default())?;
+        let lifecycle = Lifecycle {
+            max_requests: self.max_requests.unwrap_or(0),
+            max_lifetime: optional_secs("max-worker-lifetime", self.max_worker_lifetime_secs)?,
+            min_lifetime: optional_secs("min-worker-lifetime", self.min_worker_lifetime_secs)?
+                .unwrap_or_default(),
+            jitter,
+            reload_on_memory_bytes: self
+                .reload_on_memory_mib
+                .filter(|&m| m > 0)
+                .map(|m| m * MIB),
+            request_timeout: optional_secs(
+                "request-timeout",
+                Some(self.request_timeout_secs.unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS as f64)),
+            )?,
+            memory_limit_bytes: memory_limit_mib * MIB,
+        };
+        let route = RouteConfig {
+            prefix: "/".to_string(),
+            component,
+            workers,
+            queue: self.queue.unwrap_or(DEFAULT_QUEUE),
+            lifecycle,
+            env,
+        };
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            bail!("`max-connections` must be at least 1");
+        }
+        let max_header_kib = self.max_header_kib.unwrap_or(DEFAULT_MAX_HEADER_KIB);
+        if !(1..=1024).contains(&max_header_kib) {
+            bail!("`max-header-size` must be between 1 and 1024 KiB, got {max_header_kib}");
+        }
+        Ok(Config {
+            listen: self
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
+            routes: vec![route],
+            limits: HttpLimits {
+                max_body_bytes: self.max_body_mib.unwrap_or(DEFAULT_MAX_BODY_MIB) * MIB,
+                max_header_bytes: (max_header_kib * 1024) as usize,
+                header_read_timeout: required_secs(
+                    "header-read-timeout",
+                    self.header_read_timeout_secs
+                        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS as f64),
+                )?,
+                max_connections,
+            },
+            access_log: !self.disable_logging.unwrap_or(false),
+            log_format: self.log_format.unwrap_or_default(),
+            shutdown_timeout: required_secs(
+                "shutdown-timeout",
+                self.shutdown_timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS as f64),
+            )?,
+        })
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A number of seconds where 0 means "never".
+fn optional_secs(key: &str, secs: Option<f64>) -> Result<Option<Duration>> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s == 0.0 => Ok(None),
+        Some(s) => required_secs(key, s).map(Some),
+    }
+}
+
+fn required_secs(key: &str, secs: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= Duration::from_secs(365 * 24 * 3600))
+        .with_context(|| format!("`{key}` must be a number of seconds from 0 to one year, got {secs}"))
+}
+
+fn resolve_env(entries: Vec<String>) -> Result<Vec<(String, String)>> {
+    let mut out = BTreeMap::new();
+    for entry in entries {
+        let (name, value) = match entry.split_once('=') {
+            Some((name, value)) => (name.to_string(), value.to_string()),
+            None => {
+                let value = std::env::var(&entry).with_context(|| {
+                    format!("`env` grants `{entry}`, but fibhost's environment has no such variable")
+                })?;
+                (entry, value)
+            }
+        };
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            bail!("`env` entry `{name}` is not a variable name");
+        }
+        out.insert(name, value);
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn unknown_key(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+fn closest_key(key: &str) -> Option<&'static str> {
+    serde_aux::serde_introspection::serde_introspect::<Settings>()
+        .iter()
+        .map(|k| (strsim::jaro_winkler(key, k), *k))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+/// The resolved configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The public listener's address.
+    pub listen: SocketAddr,
+    /// Components and where they are mounted.
+    pub routes: Vec<RouteConfig>,
+    /// Limits on what clients may send.
+    pub limits: HttpLimits,
+    /// Whether each request is logged.
+    pub access_log: bool,
+    /// Format of the process log.
+    pub log_format: LogFormat,
+    /// Bound on the drain after a shutdown signal.
+    pub shutdown_timeout: Duration,
+}
+
+/// One component and the path prefix it serves.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Path prefix, `/` for the single-component form.
+    pub prefix: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// Instances serving in parallel.
+    pub workers: usize,
+    /// Requests that may wait for a worker before 503.
+    pub queue: usize,
+    /// When instances are recycled, and the limits they run under.
+    pub lifecycle: Lifecycle,
+    /// Environment variables the guest sees.
+    pub env: Vec<(String, String)>,
+}
+
+/// Recycling limits and per-request limits of one component's instances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    /// Requests an instance serves before it is replaced; 0 = unlimited.
+    pub max_requests: u64,
+    /// Age after which an instance is replaced.
+    pub max_lifetime: Option<Duration>,
+    /// Age before which lifetime and memory recycling hold off.
+    pub min_lifetime: Duration,
+    /// Fraction by which each instance's lifetime and memory limits are spread.
+    pub jitter: f64,
+    /// Linear memory above which an instance is replaced after a request.
+    pub reload_on_memory_bytes: Option<u64>,
+    /// Longest a single request may run in the guest.
+    pub request_timeout: Option<Duration>,
+    /// Hard cap on an instance's linear memory.
+    pub memory_limit_bytes: u64,
+}
+
+/// Limits on client input, applied by the HTTP layer before any guest runs.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Largest request body; 413 above it.
+    pub max_body_bytes: u64,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Time to receive a full request head.
+    pub header_read_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml: &str) -> Settings {
+        Settings::from_toml(toml).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let config = settings("component = 'x.wasm'").resolve().unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert!(config.access_log);
+        let route = &config.routes[0];
+        assert_eq!(route.prefix, "/");
+        assert_eq!(route.queue, DEFAULT_QUEUE);
+        assert_eq!(route.lifecycle.max_requests, 0);
+        assert_eq!(route.lifecycle.max_lifetime, None);
+        assert_eq!(route.lifecycle.request_timeout, Some(Duration::from_secs(60)));
+        assert!(route.workers >= 1);
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let config = settings(
+            r#"
+            component = "x.wasm"
+            workers = 3
+            listen = "0.0.0.0:0"
+            queue = 7
+            max-requests = 10
+            max-worker-lifetime = 1.5
+            lifetime-jitter = 0.2
+            min-worker-lifetime = 0.5
+            reload-on-memory = 64
+            request-timeout = 0
+            memory-limit = 128
+            env = ["A=1"]
+            max-body-size = 2
+            max-header-size = 8
+            header-read-timeout = 3
+            max-connections = 100
+            disable-logging = true
+            log-format = "json"
+            shutdown-timeout = 5
+            "#,
+        )
+        .resolve()
+        .unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.workers, 3);
+        assert_eq!(route.queue, 7);
+        assert_eq!(route.env, vec![("A".to_string(), "1".to_string())]);
+        assert_eq!(route.lifecycle.max_lifetime, Some(Duration::from_millis(1500)));
+        assert_eq!(route.lifecycle.request_timeout, None);
+        assert_eq!(route.lifecycle.reload_on_memory_bytes, Some(64 * MIB));
+        assert_eq!(config.limits.max_header_bytes, 8 * 1024);
+        assert!(!config.access_log);
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_key_suggests_the_closest() {
+        let err = Settings::from_toml("component = 'x'\nworkerz = 4").unwrap_err().to_string();
+        assert!(err.contains("unknown field `workerz`"), "{err}");
+        assert!(err.contains("did you mean `workers`?"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (toml, key) in [
+            ("workers = 0", "`workers`"),
+            ("lifetime-jitter = 1.5", "`lifetime-jitter`"),
+            ("memory-limit = 0", "`memory-limit`"),
+            ("shutdown-timeout = -1", "`shutdown-timeout`"),
+            ("env = ['NO_SUCH_VARIABLE_FOR_FIBHOST_TEST']", "NO_SUCH_VARIABLE"),
+        ] {
+            let err = settings(&format!("component = 'x'\n{toml}")).resolve().unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{toml}: {err:#}");
+        }
+        let err = Settings::from_toml("workers = 'four'").unwrap_err().to_string();
+        assert!(err.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn command_line_overrides_file() {
+        let cli = Settings { workers: Some(2), ..Default::default() };
+        let file = settings("component = 'a.wasm'\nworkers = 8\nqueue = 3");
+        let config = cli.or(file).resolve().unwrap();
+        assert_eq!(config.routes[0].workers, 2);
+        assert_eq!(config.routes[0].queue, 3);
+        assert_eq!(config.routes[0].component, PathBuf::from("a.wasm"));
+    }
+
+    #[test]
+    fn missing_component_is_explained() {
+        let err = Settings::default().resolve().unwrap_err().to_string();
+        assert!(err.contains("--component"), "{err}");
+    }
+}

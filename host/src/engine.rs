@@ -1,0 +1,193 @@
+//! The wasmtime side: one [`Engine`] for the process, and loading a component file into a
+//! checked, pre-instantiated [`Version`].
+//!
+//! Everything that can fail about a component (unreadable file, not a component, imports we do
+//! not provide, no `wasi:http/incoming-handler` export) fails here, before the port is bound or,
+//! for a hot swap, before any request is routed to it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result, bail};
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::guest::GuestState;
+
+/// How often the epoch advances. A running guest yields to the scheduler at every tick, so
+/// this bounds how long one guest can hold a runtime thread, and how late a request timeout
+/// can fire.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Instance slots the pooling allocator reserves per worker: the serving instance, its
+/// ready replacement (make-before-break) and one retiring or being built during a swap.
+const SLOTS_PER_WORKER: u32 = 3;
+
+/// Builds the process-wide engine.
+///
+/// `workers` is the total over all components and sizes the pooling allocator;
+/// `max_memory_bytes` is the largest per-instance memory limit of any component.
+pub fn new_engine(workers: usize, max_memory_bytes: u64) -> Result<Engine> {
+    let mut config = Config::new();
+    // Epoch interruption, not fuel: one atomic load per loop back-edge instead of counting
+    // every instruction.
+    config.epoch_interruption(true);
+
+    // The pooling allocator makes instantiation a matter of reusing pre-reserved slots, which
+    // is what makes a fresh instance per request (`max-requests = 1`) affordable.
+    let slots = (workers as u32).saturating_mul(SLOTS_PER_WORKER).saturating_add(16);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(slots.max(1000))
+        .total_core_instances(slots.saturating_mul(8).max(1000))
+        .total_memories(slots.saturating_mul(2).max(1000))
+        .total_tables(slots.saturating_mul(4).max(1000))
+        .total_stacks(slots.max(1000))
+        .max_memory_size(max_memory_bytes as usize);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(anyhow::Error::from).context("cannot configure the wasmtime engine")
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] until the process exits.
+///
+/// A plain thread rather than a tokio task so that the tick keeps coming even when every
+/// runtime thread is busy running guest code.
+pub fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("fibhost-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning a thread at startup only fails when the process is out of resources");
+}
+
+/// The linker with every interface a guest may import: the `wasi:http/proxy` world plus the
+/// `wasi:cli` interfaces (environment, exit, stdio…) that a Rust `std` guest imports.
+/// Filesystem and sockets are linked but grant nothing: no preopens, no allowed addresses.
+pub fn new_linker(engine: &Engine) -> Result<Linker<GuestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// A loaded, checked component: what instances are made from.
+#[derive(Clone)]
+pub struct Version {
+    /// Identity shown in logs and the admin status.
+    pub id: Arc<VersionId>,
+    /// Pre-instantiated component: imports resolved and the handler export found.
+    pub pre: ProxyPre<GuestState>,
+}
+
+/// The identity of a loaded component: its content hash and when it was loaded.
+#[derive(Debug)]
+pub struct VersionId {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl VersionId {
+    /// The first 12 hex digits of the hash: enough to tell versions apart in a log line.
+    pub fn short(&self) -> &str {
+        &self.sha256[..12]
+    }
+}
+
+impl fmt::Display for VersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.short(), self.path.display())
+    }
+}
+
+/// Reads, compiles and checks the component at `path`.
+pub fn load(engine: &Engine, linker: &Linker<GuestState>, path: &Path) -> Result<Version> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read component `{}`", path.display()))?;
+    check_is_component(path, &bytes)?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let component = Component::new(engine, &bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("`{}` is not a valid WebAssembly component", path.display()))?;
+    let version = pre_instantiate(linker, &component, path)?;
+    Ok(Version {
+        id: Arc::new(VersionId { path: path.to_path_buf(), sha256, loaded_at: SystemTime::now() }),
+        pre: version,
+    })
+}
+
+fn pre_instantiate(
+    linker: &Linker<GuestState>,
+    component: &Component,
+    path: &Path,
+) -> Result<ProxyPre<GuestState>> {
+    let instance_pre = linker.instantiate_pre(component).map_err(anyhow::Error::from).with_context(|| {
+        format!(
+            "`{}` imports something fibhost does not provide (fibhost links wasi:http/proxy \
+             0.2.x and the wasi:cli, clocks, random, io, filesystem and sockets interfaces)",
+            path.display()
+        )
+    })?;
+    ProxyPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
+        format!(
+            "`{}` does not export `wasi:http/incoming-handler@0.2.x`; fibhost serves \
+             components of the wasi:http/proxy world",
+            path.display()
+        )
+    })
+}
+
+/// Gives a precise reason for the common mistakes before the parser gives a generic one.
+fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    let shown = path.display();
+    if bytes.is_empty() {
+        bail!("`{shown}` is empty, not a WebAssembly component");
+    }
+    if !bytes.starts_with(MAGIC) || bytes.len() < 8 {
+        bail!("`{shown}` is not a WebAssembly component (it does not start with `\\0asm`)");
+    }
+    // Bytes 4..8: version and layer. A core module is `01 00 00 00`; a component has layer 1.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        bail!(
+            "`{shown}` is a core WebAssembly module, not a component: build the guest for \
+             `wasm32-wasip2`, or wrap the module with `wasm-tools component new`"
+        );
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_what_is_not_a_component() {
+        let p = Path::new("x.wasm");
+        let msg = |b: &[u8]| check_is_component(p, b).unwrap_err().to_string();
+        assert!(msg(b"").contains("is empty"));
+        assert!(msg(b"hello world").contains("does not start with"));
+        assert!(msg(b"\0asm\x01\0\0\0").contains("core WebAssembly module"));
+        assert!(check_is_component(p, b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

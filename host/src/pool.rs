@@ -1,0 +1,589 @@
+//! The workers of one component: N long-lived tasks, each owning one guest instance at a time,
+//! fed from one bounded queue, with replacement instances built ahead of need.
+//!
+//! # Design
+//! - **Dispatch.** A request becomes a [`Job`] on a bounded MPMC channel; an idle worker is
+//!   parked in `recv`, so a job reaches it at once, and past `queue` waiting jobs `try_send`
+//!   fails and the client gets 503. One request per instance at a time, as in uWSGI.
+//! - **Make-before-break.** A [`Generation`] (one loaded component version) owns a channel of
+//!   ready spare instances that a spawner task keeps topped up. A worker recycling its instance
+//!   takes a spare first and drops the old instance after, so capacity never dips and no request
+//!   waits on an instantiation while spares last.
+//! - **Hot swap.** [`Pool::swap`] builds a new generation whose spare channel is pre-filled with
+//!   one instance per worker, then publishes it. Each worker moves over as soon as it is idle;
+//!   a worker that takes a job re-checks the generation first, so no request dequeued after the
+//!   publish runs on the old version, and a request in flight finishes where it started.
+//!
+//! `wasmtime-wasi-http`'s `handler` module (a reuse-aware dispatcher with per-worker accept
+//! and expiry hooks) was evaluated and not used: in 48.x it is gated behind the experimental
+//! `component-model-async` feature, is built around `run_concurrent` and several requests per
+//! instance, and has no notion of ready spares, exact request counts or versioned swaps,
+//! which are what this module exists for.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result};
+use tokio::sync::{Notify, oneshot, watch};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::config::Lifecycle;
+use crate::engine::{Version, VersionId};
+use crate::error::ServeError;
+use crate::guest::{GuestRequest, GuestResponse, Instance, InstanceSpec, Served};
+
+/// Ready spares kept per component in steady state: enough for recycles to be instant, few
+/// enough that idle spares cost little memory.
+const STEADY_SPARES: usize = 2;
+
+/// How long an instance past its lifetime waits before retrying when no spare was ready.
+const RETRY_RECYCLE: Duration = Duration::from_millis(50);
+
+/// Pause after a failed instantiation before the spawner tries again.
+const SPAWN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why an instance was replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Recycle {
+    /// It reached its (jittered) `max-worker-lifetime`.
+    Lifetime,
+    /// It served `max-requests` requests.
+    Requests,
+    /// Its linear memory passed `reload-on-memory`.
+    Memory,
+    /// The guest trapped.
+    Trap,
+    /// A request ran past `request-timeout`.
+    Timeout,
+    /// A new component version was swapped in.
+    Swap,
+}
+
+impl Recycle {
+    /// Every reason, in a fixed order (the index of the per-reason counters).
+    pub const ALL: [Recycle; 6] = [
+        Recycle::Lifetime,
+        Recycle::Requests,
+        Recycle::Memory,
+        Recycle::Trap,
+        Recycle::Timeout,
+        Recycle::Swap,
+    ];
+
+    /// The reason as a log field and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recycle::Lifetime => "lifetime",
+            Recycle::Requests => "requests",
+            Recycle::Memory => "memory",
+            Recycle::Trap => "trap",
+            Recycle::Timeout => "timeout",
+            Recycle::Swap => "swap",
+        }
+    }
+
+    fn index(self) -> usize {
+        Recycle::ALL.iter().position(|r| *r == self).expect("ALL lists every reason")
+    }
+}
+
+/// A request on its way to a worker.
+struct Job {
+    request: GuestRequest,
+    scheme: Scheme,
+    reply: crate::guest::ReplySlot,
+    trace: Arc<JobTrace>,
+}
+
+/// What the server learns about a request from the worker that served it, after the fact.
+#[derive(Debug, Default)]
+pub struct JobTrace {
+    /// The worker's id (1-based); 0 until a worker takes the job.
+    pub worker: AtomicUsize,
+    /// Set when the call ended in a trap or timeout, before the instance is dropped: a
+    /// response body that ends after this was cut short, not finished.
+    pub failed: AtomicBool,
+}
+
+/// Live counters of one worker, read by the metrics and stats endpoints.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Requests served by this worker, over all its instances.
+    pub requests: AtomicU64,
+    /// Whether it is running a request now.
+    pub busy: AtomicBool,
+    /// Instances it has been given after its first.
+    pub respawns: AtomicU64,
+    /// Unix time (seconds) its current instance was given to it.
+    pub last_spawn: AtomicU64,
+    /// Requests served by its current instance.
+    pub instance_requests: AtomicU64,
+    /// Linear memory of its current instance, bytes.
+    pub memory_bytes: AtomicU64,
+    /// Total time spent in requests, microseconds (uWSGI's `avg_rt` is this / requests).
+    pub busy_micros: AtomicU64,
+    /// Requests that ended in a trap or timeout.
+    pub failures: AtomicU64,
+}
+
+/// Live counters of one component's pool.
+#[derive(Debug)]
+pub struct PoolStats {
+    /// One entry per worker, index = id - 1.
+    pub workers: Vec<WorkerStats>,
+    /// Replacements per [`Recycle`] reason, indexed like [`Recycle::ALL`].
+    pub recycles: [AtomicU64; 6],
+    /// Requests refused with 503 because the queue was full.
+    pub rejected: AtomicU64,
+    /// Workers running a request now.
+    pub busy: AtomicUsize,
+}
+
+impl PoolStats {
+    /// Replacements so far for `reason`.
+    pub fn recycled(&self, reason: Recycle) -> u64 {
+        self.recycles[reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// One loaded component version and its supply of ready instances.
+struct Generation {
+    version: Version,
+    spares: async_channel::Receiver<Instance>,
+    spares_tx: async_channel::Sender<Instance>,
+    /// Signalled when a spare is taken, or when the generation is retired.
+    taken: Notify,
+    retired: AtomicBool,
+    /// Workers that have moved to this generation.
+    adopted: AtomicUsize,
+    adopted_all: Notify,
+}
+
+/// The workers of one component.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    route: Arc<str>,
+    spec: InstanceSpec,
+    lifecycle: Lifecycle,
+    workers: usize,
+    queue: usize,
+    jobs: async_channel::Sender<Job>,
+    jobs_rx: async_channel::Receiver<Job>,
+    generation: watch::Sender<Arc<Generation>>,
+    /// Serialises swaps of this component.
+    swapping: tokio::sync::Mutex<()>,
+    stats: Arc<PoolStats>,
+}
+
+/// What a completed swap reports.
+#[derive(Debug)]
+pub struct SwapReport {
+    /// The version now serving.
+    pub version: Arc<VersionId>,
+    /// Workers still finishing a request on the old version when the report was made.
+    pub still_draining: usize,
+}
+
+impl Pool {
+    /// Creates the pool and all its instances (one per worker plus spares), then starts the
+    /// workers. Fails if the component cannot be instantiated, before any port is bound.
+    pub async fn start(
+        route: &str,
+        version: Version,
+        workers: usize,
+        queue: usize,
+        lifecycle: Lifecycle,
+        env: Vec<(String, String)>,
+    ) -> Result<Pool> {
+        let spec = InstanceSpec {
+            env,
+            memory_limit_bytes: lifecycle.memory_limit_bytes,
+            request_timeout: lifecycle.request_timeout,
+            route: Arc::from(route),
+        };
+        let generation = Arc::new(
+            Generation::prepare(version, &spec, workers + STEADY_SPARES, workers)
+                .await
+                .with_context(|| format!("cannot instantiate the component for `{route}`"))?,
+        );
+        let (jobs, jobs_rx) = async_channel::bounded(queue.max(1));
+        let stats = Arc::new(PoolStats {
+            workers: (0..workers).map(|_| WorkerStats::default()).collect(),
+            recycles: Default::default(),
+            rejected: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+        });
+        let inner = Arc::new(Inner {
+            route: Arc::from(route),
+            spec,
+            lifecycle,
+            workers,
+            queue,
+            jobs,
+            jobs_rx,
+            generation: watch::Sender::new(generation.clone()),
+            swapping: tokio::sync::Mutex::new(()),
+            stats,
+        });
+        for id in 1..=workers {
+            let instance = generation
+                .spares
+                .try_recv()
+                .expect("prepare() filled one instance per worker");
+            generation.adopt(workers);
+            tokio::spawn(inner.clone().run_worker(id, instance));
+        }
+        tokio::spawn(inner.clone().run_spawner(generation));
+        Ok(Pool { inner })
+    }
+
+    /// The route prefix this pool serves.
+    pub fn route(&self) -> &str {
+        &self.inner.route
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.jobs.len()
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<PoolStats> {
+        &self.inner.stats
+    }
+
+    /// The version new requests are served by.
+    pub fn version(&self) -> Arc<VersionId> {
+        self.inner.generation.borrow().version.id.clone()
+    }
+
+    /// Queues `request` for a worker and waits for the guest's response (its head; the body
+    /// streams on). Fails at once with 503 when the queue is full.
+    pub async fn dispatch(
+        &self,
+        request: GuestRequest,
+        scheme: Scheme,
+    ) -> Result<(GuestResponse, Arc<JobTrace>), (ServeError, Arc<JobTrace>)> {
+        let inner = &self.inner;
+        let trace = Arc::new(JobTrace::default());
+        let overloaded = || ServeError::Overloaded { workers: inner.workers, queue: inner.queue };
+        if inner.queue == 0 && inner.stats.busy.load(Ordering::Relaxed) >= inner.workers {
+            inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err((overloaded(), trace));
+        }
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            request,
+            scheme,
+            reply: Arc::new(Mutex::new(Some(tx))),
+            trace: trace.clone(),
+        };
+        match inner.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(async_channel::TrySendError::Full(_)) => {
+                inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err((overloaded(), trace));
+            }
+            Err(async_channel::TrySendError::Closed(_)) => {
+                return Err((ServeError::ShuttingDown, trace));
+            }
+        }
+        match rx.await {
+            Ok(Ok(response)) => Ok((response, trace)),
+            Ok(Err(e)) => Err((e, trace)),
+            Err(_) => Err((ServeError::Internal("the worker dropped the request".into()), trace)),
+        }
+    }
+
+    /// Replaces the running version with `version`, make-before-break.
+    ///
+    /// Instantiates one instance per worker first; if that fails the old version keeps
+    /// serving and the error is returned. Returns once every worker has moved over, or after
+    /// `drain_wait`, reporting how many were still finishing old requests.
+    pub async fn swap(&self, version: Version, drain_wait: Duration) -> Result<SwapReport> {
+        let inner = &self.inner;
+        let _one_at_a_time = inner.swapping.lock().await;
+        let id = version.id.clone();
+        let next = Arc::new(
+            Generation::prepare(version, &inner.spec, inner.workers + STEADY_SPARES, inner.workers)
+                .await
+                .context("cannot instantiate the new component")?,
+        );
+        let old = inner.generation.send_replace(next.clone());
+        old.retire();
+        tokio::spawn(inner.clone().run_spawner(next.clone()));
+        let all_moved = next.adopted_all.notified();
+        let still_draining = if next.adopted.load(Ordering::Acquire) >= inner.workers {
+            0
+        } else {
+            let _ = tokio::time::timeout(drain_wait, all_moved).await;
+            inner.workers.saturating_sub(next.adopted.load(Ordering::Acquire))
+        };
+        Ok(SwapReport { version: id, still_draining })
+    }
+
+    /// Stops taking requests: workers exit once the queue is empty.
+    pub fn close(&self) {
+        self.inner.jobs.close();
+        self.inner.generation.borrow().retire();
+    }
+}
+
+impl Generation {
+    /// Loads `ready` instances of `version` into a new generation whose spare channel holds
+    /// up to `capacity`.
+    async fn prepare(
+        version: Version,
+        spec: &InstanceSpec,
+        capacity: usize,
+        ready: usize,
+    ) -> Result<Generation> {
+        let (spares_tx, spares) = async_channel::bounded(capacity);
+        for _ in 0..ready {
+            let instance = Instance::new(&version, spec).await?;
+            spares_tx.try_send(instance).expect("capacity covers the initial instances");
+        }
+        Ok(Generation {
+            version,
+            spares,
+            spares_tx,
+            taken: Notify::new(),
+            retired: AtomicBool::new(false),
+            adopted: AtomicUsize::new(0),
+            adopted_all: Notify::new(),
+        })
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.taken.notify_one();
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    fn adopt(&self, workers: usize) {
+        if self.adopted.fetch_add(1, Ordering::AcqRel) + 1 == workers {
+            self.adopted_all.notify_waiters();
+        }
+    }
+}
+
+/// The limits one instance drew for itself (jittered so that workers drift apart).
+struct Drawn {
+    recycle_at: Option<Instant>,
+    memory_bytes: Option<u64>,
+}
+
+impl Inner {
+    fn draw(&self, instance: &Instance) -> Drawn {
+        let l = &self.lifecycle;
+        let jitter = |scale: f64| {
+            if l.jitter > 0.0 { 1.0 + rand::random_range(-l.jitter..l.jitter) * scale } else { 1.0 }
+        };
+        let recycle_at = l.max_lifetime.map(|life| {
+            let drawn = life.mul_f64(jitter(1.0)).max(l.min_lifetime);
+            instance.born + drawn
+        });
+        // Memory limits only jitter downwards: the configured value stays a ceiling.
+        let memory_bytes = l
+            .reload_on_memory_bytes
+            .map(|m| (m as f64 * (1.0 - (jitter(1.0) - 1.0).abs())) as u64);
+        Drawn { recycle_at, memory_bytes }
+    }
+
+    async fn run_worker(self: Arc<Self>, id: usize, mut instance: Instance) {
+        let stats = &self.stats.workers[id - 1];
+        instance.assign(id);
+        stats.last_spawn.store(unix_now(), Ordering::Relaxed);
+        let mut generation = self.generation.subscribe();
+        let mut drawn = self.draw(&instance);
+        loop {
+            let job = tokio::select! {
+                biased;
+                job = self.jobs_rx.recv() => match job {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+                changed = generation.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if self.is_stale(&instance) {
+                        instance = self.replace(id, instance, Recycle::Swap, true).await;
+                        drawn = self.draw(&instance);
+                    }
+                    continue;
+                }
+                () = sleep_until(drawn.recycle_at) => {
+                    let before = instance.born;
+                    instance = self.replace(id, instance, Recycle::Lifetime, false).await;
+                    drawn = if instance.born == before {
+                        Drawn { recycle_at: Some(Instant::now() + RETRY_RECYCLE), ..drawn }
+                    } else {
+                        self.draw(&instance)
+                    };
+                    continue;
+                }
+            };
+            if job.reply.lock().map(|r| r.as_ref().is_none_or(|s| s.is_closed())).unwrap_or(true) {
+                // The client left while the job was queued: don't run it.
+                continue;
+            }
+            if self.is_stale(&instance) {
+                instance = self.replace(id, instance, Recycle::Swap, true).await;
+                drawn = self.draw(&instance);
+            }
+            job.trace.worker.store(id, Ordering::Relaxed);
+            stats.busy.store(true, Ordering::Relaxed);
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let outcome = instance
+                .serve(job.request, job.scheme, job.reply.clone(), self.spec.request_timeout)
+                .await;
+            self.stats.busy.fetch_sub(1, Ordering::Relaxed);
+            stats.busy.store(false, Ordering::Relaxed);
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            stats.instance_requests.store(instance.served, Ordering::Relaxed);
+            stats.memory_bytes.store(instance.memory_bytes(), Ordering::Relaxed);
+            stats.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+
+            let reason = match outcome {
+                Served::Ok => self.due(&instance, &drawn),
+                Served::Trapped(trap) => {
+                    tracing::warn!(route = &*self.route, worker = id, reason = %trap, "guest trapped");
+                    Some(Recycle::Trap)
+                }
+                Served::TimedOut => {
+                    tracing::warn!(
+                        route = &*self.route,
+                        worker = id,
+                        timeout = ?self.spec.request_timeout,
+                        "guest ran past the request timeout and was interrupted"
+                    );
+                    Some(Recycle::Timeout)
+                }
+            };
+            if matches!(reason, Some(Recycle::Trap | Recycle::Timeout)) {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                job.trace.failed.store(true, Ordering::Release);
+            }
+            // Any reply not yet delivered was delivered by `serve`; drop ours before the
+            // instance so that a cut-short body is already marked as failed.
+            drop(job.reply);
+            if let Some(reason) = reason {
+                instance = self.replace(id, instance, reason, true).await;
+                drawn = self.draw(&instance);
+            }
+        }
+        tracing::debug!(route = &*self.route, worker = id, "worker stopped");
+    }
+
+    /// Whether `instance` must be replaced after a healthy request, and why.
+    fn due(&self, instance: &Instance, drawn: &Drawn) -> Option<Recycle> {
+        let l = &self.lifecycle;
+        if l.max_requests > 0 && instance.served >= l.max_requests {
+            return Some(Recycle::Requests);
+        }
+        let old_enough = instance.born.elapsed() >= l.min_lifetime;
+        if old_enough && drawn.memory_bytes.is_some_and(|m| instance.memory_bytes() > m) {
+            return Some(Recycle::Memory);
+        }
+        if drawn.recycle_at.is_some_and(|at| Instant::now() >= at) {
+            return Some(Recycle::Lifetime);
+        }
+        None
+    }
+
+    fn is_stale(&self, instance: &Instance) -> bool {
+        !Arc::ptr_eq(&instance.version, &self.generation.borrow().version.id)
+    }
+
+    /// Gives worker `id` a fresh instance of the current generation and drops `old`, in that
+    /// order. When `must` is false and no spare is ready, keeps `old` instead of waiting.
+    async fn replace(&self, id: usize, old: Instance, reason: Recycle, must: bool) -> Instance {
+        let generation = self.generation.borrow().clone();
+        let fresh = if must {
+            generation.spares.recv().await.ok()
+        } else {
+            generation.spares.try_recv().ok()
+        };
+        let Some(fresh) = fresh else {
+            return old;
+        };
+        generation.taken.notify_one();
+        if !Arc::ptr_eq(&fresh.version, &old.version) {
+            generation.adopt(self.workers);
+        }
+        fresh.assign(id);
+        let stats = &self.stats.workers[id - 1];
+        stats.respawns.fetch_add(1, Ordering::Relaxed);
+        stats.last_spawn.store(unix_now(), Ordering::Relaxed);
+        stats.instance_requests.store(0, Ordering::Relaxed);
+        stats.memory_bytes.store(fresh.memory_bytes(), Ordering::Relaxed);
+        self.stats.recycles[reason.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            route = &*self.route,
+            worker = id,
+            reason = reason.as_str(),
+            served = old.served,
+            age_ms = old.born.elapsed().as_millis() as u64,
+            memory_bytes = old.memory_bytes(),
+            version = fresh.version.short(),
+            "recycled instance"
+        );
+        drop(old);
+        fresh
+    }
+
+    /// Keeps `generation`'s spare channel topped up until it is retired.
+    async fn run_spawner(self: Arc<Self>, generation: Arc<Generation>) {
+        loop {
+            while !generation.is_retired() && generation.spares.len() < STEADY_SPARES {
+                match Instance::new(&generation.version, &self.spec).await {
+                    Ok(instance) => {
+                        if generation.spares_tx.send(instance).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            route = &*self.route,
+                            error = format!("{e:#}"),
+                            "cannot instantiate a spare instance; retrying"
+                        );
+                        tokio::time::sleep(SPAWN_BACKOFF).await;
+                    }
+                }
+            }
+            if generation.is_retired() {
+                // Dropping the spares frees their pooling-allocator slots.
+                while generation.spares.try_recv().is_ok() {}
+                return;
+            }
+            generation.taken.notified().await;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
