@@ -81,7 +81,11 @@ pub struct Settings {
 
     /// Recycle an instance after this many seconds; 0 = never (uWSGI
     /// `max-worker-lifetime`) [default: 0].
-    #[arg(long, env = "FIBHOST_MAX_WORKER_LIFETIME", value_name = "SECS")]
+    #[arg(
+        long = "max-worker-lifetime",
+        env = "FIBHOST_MAX_WORKER_LIFETIME",
+        value_name = "SECS"
+    )]
     #[serde(rename = "max-worker-lifetime")]
     pub max_worker_lifetime_secs: Option<f64>,
 
@@ -92,46 +96,79 @@ pub struct Settings {
 
     /// Lifetime and memory recycling spare instances younger than this (uWSGI
     /// `min-worker-lifetime`) [default: 0].
-    #[arg(long, env = "FIBHOST_MIN_WORKER_LIFETIME", value_name = "SECS")]
+    #[arg(
+        long = "min-worker-lifetime",
+        env = "FIBHOST_MIN_WORKER_LIFETIME",
+        value_name = "SECS"
+    )]
     #[serde(rename = "min-worker-lifetime")]
     pub min_worker_lifetime_secs: Option<f64>,
 
     /// Recycle an instance whose linear memory exceeds this many MiB after a request; 0 =
     /// never (uWSGI `reload-on-rss`) [default: 0].
-    #[arg(long, env = "FIBHOST_RELOAD_ON_MEMORY", value_name = "MIB")]
+    #[arg(
+        long = "reload-on-memory",
+        env = "FIBHOST_RELOAD_ON_MEMORY",
+        value_name = "MIB"
+    )]
     #[serde(rename = "reload-on-memory")]
     pub reload_on_memory_mib: Option<u64>,
 
     /// Interrupt a guest still running after this many seconds: 504 for that request, fresh
     /// instance (uWSGI `harakiri`); 0 = never [default: 60].
-    #[arg(long, env = "FIBHOST_REQUEST_TIMEOUT", value_name = "SECS")]
+    #[arg(
+        long = "request-timeout",
+        env = "FIBHOST_REQUEST_TIMEOUT",
+        value_name = "SECS"
+    )]
     #[serde(rename = "request-timeout")]
     pub request_timeout_secs: Option<f64>,
 
     /// Cap on one instance's linear memory in MiB; growth past it fails inside the guest
     /// [default: 256].
-    #[arg(long, env = "FIBHOST_MEMORY_LIMIT", value_name = "MIB")]
+    #[arg(
+        long = "memory-limit",
+        env = "FIBHOST_MEMORY_LIMIT",
+        value_name = "MIB"
+    )]
     #[serde(rename = "memory-limit")]
     pub memory_limit_mib: Option<u64>,
 
     /// Environment variable granted to the guest: `NAME` passes fibhost's own value, `NAME=value`
     /// sets one. Repeatable. A guest sees no other variable.
-    #[arg(long = "env", env = "FIBHOST_ENV", value_name = "NAME[=VALUE]", value_delimiter = ',')]
+    #[arg(
+        long = "env",
+        env = "FIBHOST_ENV",
+        value_name = "NAME[=VALUE]",
+        value_delimiter = ','
+    )]
     pub env: Option<Vec<String>>,
 
     /// Largest accepted request body in MiB; larger ones get 413 [default: 16].
-    #[arg(long, env = "FIBHOST_MAX_BODY_SIZE", value_name = "MIB")]
+    #[arg(
+        long = "max-body-size",
+        env = "FIBHOST_MAX_BODY_SIZE",
+        value_name = "MIB"
+    )]
     #[serde(rename = "max-body-size")]
     pub max_body_mib: Option<u64>,
 
     /// Largest accepted request head (request line and headers) in KiB [default: 64].
-    #[arg(long, env = "FIBHOST_MAX_HEADER_SIZE", value_name = "KIB")]
+    #[arg(
+        long = "max-header-size",
+        env = "FIBHOST_MAX_HEADER_SIZE",
+        value_name = "KIB"
+    )]
     #[serde(rename = "max-header-size")]
     pub max_header_kib: Option<u64>,
 
     /// Seconds a client has to send a complete request head before the connection is closed
     /// [default: 10].
-    #[arg(long, env = "FIBHOST_HEADER_READ_TIMEOUT", value_name = "SECS")]
+    #[arg(
+        long = "header-read-timeout",
+        env = "FIBHOST_HEADER_READ_TIMEOUT",
+        value_name = "SECS"
+    )]
     #[serde(rename = "header-read-timeout")]
     pub header_read_timeout_secs: Option<f64>,
 
@@ -149,7 +186,11 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
 
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT [default: 30].
-    #[arg(long, env = "FIBHOST_SHUTDOWN_TIMEOUT", value_name = "SECS")]
+    #[arg(
+        long = "shutdown-timeout",
+        env = "FIBHOST_SHUTDOWN_TIMEOUT",
+        value_name = "SECS"
+    )]
     #[serde(rename = "shutdown-timeout")]
     pub shutdown_timeout_secs: Option<f64>,
 }
@@ -174,7 +215,7 @@ impl Settings {
         toml::from_str(text).map_err(|e| {
             let message = e.message().to_string();
             let hint = unknown_key(&message)
-                .and_then(|key| closest_key(key))
+                .and_then(closest_key)
                 .map(|k| format!("; did you mean `{k}`?"))
                 .unwrap_or_default();
             let location = e
@@ -230,7 +271,10 @@ impl Settings {
                 .map(|m| m * MIB),
             request_timeout: optional_secs(
                 "request-timeout",
-                Some(self.request_timeout_secs.unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS as f64)),
+                Some(
+                    self.request_timeout_secs
+                        .unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS as f64),
+                ),
             )?,
             memory_limit_bytes: memory_limit_mib * MIB,
         };
@@ -269,7 +313,8 @@ impl Settings {
             log_format: self.log_format.unwrap_or_default(),
             shutdown_timeout: required_secs(
                 "shutdown-timeout",
-                self.shutdown_timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS as f64),
+                self.shutdown_timeout_secs
+                    .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS as f64),
             )?,
         })
     }
@@ -285,7 +330,7 @@ fn default_workers() -> usize {
 fn optional_secs(key: &str, secs: Option<f64>) -> Result<Option<Duration>> {
     match secs {
         None => Ok(None),
-        Some(s) if s == 0.0 => Ok(None),
+        Some(0.0) => Ok(None),
         Some(s) => required_secs(key, s).map(Some),
     }
 }
@@ -294,7 +339,9 @@ fn required_secs(key: &str, secs: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| *d <= Duration::from_secs(365 * 24 * 3600))
-        .with_context(|| format!("`{key}` must be a number of seconds from 0 to one year, got {secs}"))
+        .with_context(|| {
+            format!("`{key}` must be a number of seconds from 0 to one year, got {secs}")
+        })
 }
 
 fn resolve_env(entries: Vec<String>) -> Result<Vec<(String, String)>> {
@@ -304,7 +351,9 @@ fn resolve_env(entries: Vec<String>) -> Result<Vec<(String, String)>> {
             Some((name, value)) => (name.to_string(), value.to_string()),
             None => {
                 let value = std::env::var(&entry).with_context(|| {
-                    format!("`env` grants `{entry}`, but fibhost's environment has no such variable")
+                    format!(
+                        "`env` grants `{entry}`, but fibhost's environment has no such variable"
+                    )
                 })?;
                 (entry, value)
             }
@@ -415,7 +464,10 @@ mod tests {
         assert_eq!(route.queue, DEFAULT_QUEUE);
         assert_eq!(route.lifecycle.max_requests, 0);
         assert_eq!(route.lifecycle.max_lifetime, None);
-        assert_eq!(route.lifecycle.request_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(
+            route.lifecycle.request_timeout,
+            Some(Duration::from_secs(60))
+        );
         assert!(route.workers >= 1);
     }
 
@@ -450,7 +502,10 @@ mod tests {
         assert_eq!(route.workers, 3);
         assert_eq!(route.queue, 7);
         assert_eq!(route.env, vec![("A".to_string(), "1".to_string())]);
-        assert_eq!(route.lifecycle.max_lifetime, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            route.lifecycle.max_lifetime,
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(route.lifecycle.request_timeout, None);
         assert_eq!(route.lifecycle.reload_on_memory_bytes, Some(64 * MIB));
         assert_eq!(config.limits.max_header_bytes, 8 * 1024);
@@ -459,8 +514,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_complete() {
+        let text = include_str!("../../examples/fibhost.toml");
+        settings(text).resolve().unwrap();
+        // Every key is documented there (commented out or set).
+        for key in serde_aux::serde_introspection::serde_introspect::<Settings>() {
+            assert!(text.contains(&format!("{key} =")), "examples/fibhost.toml lacks `{key}`");
+        }
+    }
+
+    #[test]
     fn unknown_key_suggests_the_closest() {
-        let err = Settings::from_toml("component = 'x'\nworkerz = 4").unwrap_err().to_string();
+        let err = Settings::from_toml("component = 'x'\nworkerz = 4")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `workerz`"), "{err}");
         assert!(err.contains("did you mean `workers`?"), "{err}");
         assert!(err.contains("line 2"), "{err}");
@@ -473,18 +540,28 @@ mod tests {
             ("lifetime-jitter = 1.5", "`lifetime-jitter`"),
             ("memory-limit = 0", "`memory-limit`"),
             ("shutdown-timeout = -1", "`shutdown-timeout`"),
-            ("env = ['NO_SUCH_VARIABLE_FOR_FIBHOST_TEST']", "NO_SUCH_VARIABLE"),
+            (
+                "env = ['NO_SUCH_VARIABLE_FOR_FIBHOST_TEST']",
+                "NO_SUCH_VARIABLE",
+            ),
         ] {
-            let err = settings(&format!("component = 'x'\n{toml}")).resolve().unwrap_err();
+            let err = settings(&format!("component = 'x'\n{toml}"))
+                .resolve()
+                .unwrap_err();
             assert!(format!("{err:#}").contains(key), "{toml}: {err:#}");
         }
-        let err = Settings::from_toml("workers = 'four'").unwrap_err().to_string();
+        let err = Settings::from_toml("workers = 'four'")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid type"), "{err}");
     }
 
     #[test]
     fn command_line_overrides_file() {
-        let cli = Settings { workers: Some(2), ..Default::default() };
+        let cli = Settings {
+            workers: Some(2),
+            ..Default::default()
+        };
         let file = settings("component = 'a.wasm'\nworkers = 8\nqueue = 3");
         let config = cli.or(file).resolve().unwrap();
         assert_eq!(config.routes[0].workers, 2);

@@ -39,7 +39,9 @@ pub fn new_engine(workers: usize, max_memory_bytes: u64) -> Result<Engine> {
 
     // The pooling allocator makes instantiation a matter of reusing pre-reserved slots, which
     // is what makes a fresh instance per request (`max-requests = 1`) affordable.
-    let slots = (workers as u32).saturating_mul(SLOTS_PER_WORKER).saturating_add(16);
+    let slots = (workers as u32)
+        .saturating_mul(SLOTS_PER_WORKER)
+        .saturating_add(16);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots.max(1000))
         .total_core_instances(slots.saturating_mul(8).max(1000))
@@ -48,7 +50,9 @@ pub fn new_engine(workers: usize, max_memory_bytes: u64) -> Result<Engine> {
         .total_stacks(slots.max(1000))
         .max_memory_size(max_memory_bytes as usize);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).map_err(anyhow::Error::from).context("cannot configure the wasmtime engine")
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("cannot configure the wasmtime engine")
 }
 
 /// Advances `engine`'s epoch every [`EPOCH_TICK`] until the process exits.
@@ -123,7 +127,11 @@ pub fn load(engine: &Engine, linker: &Linker<GuestState>, path: &Path) -> Result
         .with_context(|| format!("`{}` is not a valid WebAssembly component", path.display()))?;
     let version = pre_instantiate(linker, &component, path)?;
     Ok(Version {
-        id: Arc::new(VersionId { path: path.to_path_buf(), sha256, loaded_at: SystemTime::now() }),
+        id: Arc::new(VersionId {
+            path: path.to_path_buf(),
+            sha256,
+            loaded_at: SystemTime::now(),
+        }),
         pre: version,
     })
 }
@@ -133,20 +141,25 @@ fn pre_instantiate(
     component: &Component,
     path: &Path,
 ) -> Result<ProxyPre<GuestState>> {
-    let instance_pre = linker.instantiate_pre(component).map_err(anyhow::Error::from).with_context(|| {
-        format!(
-            "`{}` imports something fibhost does not provide (fibhost links wasi:http/proxy \
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "`{}` imports something fibhost does not provide (fibhost links wasi:http/proxy \
              0.2.x and the wasi:cli, clocks, random, io, filesystem and sockets interfaces)",
-            path.display()
-        )
-    })?;
-    ProxyPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
-        format!(
-            "`{}` does not export `wasi:http/incoming-handler@0.2.x`; fibhost serves \
+                path.display()
+            )
+        })?;
+    ProxyPre::new(instance_pre)
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "`{}` does not export `wasi:http/incoming-handler@0.2.x`; fibhost serves \
              components of the wasi:http/proxy world",
-            path.display()
-        )
-    })
+                path.display()
+            )
+        })
 }
 
 /// Gives a precise reason for the common mistakes before the parser gives a generic one.
@@ -171,10 +184,12 @@ fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -79,9 +79,15 @@ impl ServeError {
         let mut response = Response::new(B::from(Full::new(Bytes::from(body))));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         response
     }
@@ -94,13 +100,21 @@ mod tests {
 
     #[tokio::test]
     async fn overload_is_503_with_retry_after_and_json() {
-        let response: Response<Full<Bytes>> =
-            ServeError::Overloaded { workers: 2, queue: 0 }.to_response();
+        let response: Response<Full<Bytes>> = ServeError::Overloaded {
+            workers: 2,
+            queue: 0,
+        }
+        .to_response();
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert!(json["error"].as_str().unwrap().contains("queue of 0 is full"));
+        assert!(
+            json["error"]
+                .as_str()
+                .unwrap()
+                .contains("queue of 0 is full")
+        );
     }
 
     #[test]
@@ -108,6 +122,13 @@ mod tests {
         assert_eq!(ServeError::Timeout(Duration::from_secs(1)).status(), 504);
         assert_eq!(ServeError::Trap("x".into()).status(), 500);
         assert_eq!(ServeError::NoRoute("/x".into()).status(), 404);
-        assert_eq!(ServeError::BodyTooLarge { declared: 2, limit: 1 }.status(), 413);
+        assert_eq!(
+            ServeError::BodyTooLarge {
+                declared: 2,
+                limit: 1
+            }
+            .status(),
+            413
+        );
     }
 }

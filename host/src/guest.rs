@@ -48,13 +48,20 @@ pub struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for GuestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -226,9 +233,14 @@ impl Instance {
             }
         };
         let slot = reply.clone();
-        let outparam = data.http().new_response_outparam_from_callback(move |result| {
-            send(&slot, result.map_err(|code| ServeError::GuestError(describe(&code))));
-        });
+        let outparam = data
+            .http()
+            .new_response_outparam_from_callback(move |result| {
+                send(
+                    &slot,
+                    result.map_err(|code| ServeError::GuestError(describe(&code))),
+                );
+            });
         let outparam = match outparam {
             Ok(outparam) => outparam,
             Err(e) => {
@@ -237,7 +249,10 @@ impl Instance {
             }
         };
         self.store.set_epoch_deadline(1);
-        let call = self.proxy.wasi_http_incoming_handler().call_handle(&mut self.store, request, outparam);
+        let call =
+            self.proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut self.store, request, outparam);
         let result = match timeout {
             Some(limit) => match tokio::time::timeout(limit, call).await {
                 Ok(result) => result,
@@ -264,7 +279,10 @@ impl Instance {
 
 /// Delivers `result` unless a response was already delivered.
 pub fn send(slot: &ReplySlot, result: Result<GuestResponse, ServeError>) {
-    let sender = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    let sender = slot
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
     if let Some(sender) = sender {
         // The receiver is gone when the client disconnected: nothing to do.
         let _ = sender.send(result);
@@ -275,7 +293,11 @@ pub fn send(slot: &ReplySlot, result: Result<GuestResponse, ServeError>) {
 fn trap_reason(e: &wasmtime::Error) -> String {
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => format!("{trap}"),
-        None => format!("{e:#}").lines().next().unwrap_or("guest error").to_string(),
+        None => format!("{e:#}")
+            .lines()
+            .next()
+            .unwrap_or("guest error")
+            .to_string(),
     }
 }
 
@@ -292,7 +314,11 @@ struct GuestOutput {
 
 impl GuestOutput {
     fn new(stream: &'static str, route: &Arc<str>, worker: &Arc<AtomicUsize>) -> Self {
-        GuestOutput { stream, route: route.clone(), worker: worker.clone() }
+        GuestOutput {
+            stream,
+            route: route.clone(),
+            worker: worker.clone(),
+        }
     }
 }
 

@@ -55,8 +55,12 @@ impl App {
     /// component's failures surface here, before any port is bound.
     pub async fn build(config: &Config) -> Result<Arc<App>> {
         let workers = config.routes.iter().map(|r| r.workers).sum();
-        let max_memory =
-            config.routes.iter().map(|r| r.lifecycle.memory_limit_bytes).max().unwrap_or(0);
+        let max_memory = config
+            .routes
+            .iter()
+            .map(|r| r.lifecycle.memory_limit_bytes)
+            .max()
+            .unwrap_or(0);
         let engine = engine::new_engine(workers, max_memory)?;
         engine::start_epoch_ticker(&engine);
         let linker = engine::new_linker(&engine)?;
@@ -93,7 +97,9 @@ impl App {
     /// The pool whose prefix is the longest match for `path`: a prefix matches the path
     /// itself and anything below it (`/api` matches `/api` and `/api/x`, not `/apix`).
     pub fn route(&self, path: &str) -> Option<&Pool> {
-        self.routes.iter().find(|pool| prefix_matches(pool.route(), path))
+        self.routes
+            .iter()
+            .find(|pool| prefix_matches(pool.route(), path))
     }
 
     /// All pools, longest prefix first.

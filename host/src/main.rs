@@ -54,9 +54,14 @@ fn load_config(cli: Cli) -> Result<Config> {
 
 async fn run(config: Config) -> Result<()> {
     let app = App::build(&config).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
-        format!("cannot listen on `{}`; is it in use? pick another with --listen", config.listen)
-    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on `{}`; is it in use? pick another with --listen",
+                config.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     tracing::info!("Serving HTTP on http://{addr}/");
     server::serve(listener, app, signals::shutdown()).await

@@ -84,7 +84,10 @@ impl Recycle {
     }
 
     fn index(self) -> usize {
-        Recycle::ALL.iter().position(|r| *r == self).expect("ALL lists every reason")
+        Recycle::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("ALL lists every reason")
     }
 }
 
@@ -276,7 +279,10 @@ impl Pool {
     ) -> Result<(GuestResponse, Arc<JobTrace>), (ServeError, Arc<JobTrace>)> {
         let inner = &self.inner;
         let trace = Arc::new(JobTrace::default());
-        let overloaded = || ServeError::Overloaded { workers: inner.workers, queue: inner.queue };
+        let overloaded = || ServeError::Overloaded {
+            workers: inner.workers,
+            queue: inner.queue,
+        };
         if inner.queue == 0 && inner.stats.busy.load(Ordering::Relaxed) >= inner.workers {
             inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
             return Err((overloaded(), trace));
@@ -301,7 +307,10 @@ impl Pool {
         match rx.await {
             Ok(Ok(response)) => Ok((response, trace)),
             Ok(Err(e)) => Err((e, trace)),
-            Err(_) => Err((ServeError::Internal("the worker dropped the request".into()), trace)),
+            Err(_) => Err((
+                ServeError::Internal("the worker dropped the request".into()),
+                trace,
+            )),
         }
     }
 
@@ -315,9 +324,14 @@ impl Pool {
         let _one_at_a_time = inner.swapping.lock().await;
         let id = version.id.clone();
         let next = Arc::new(
-            Generation::prepare(version, &inner.spec, inner.workers + STEADY_SPARES, inner.workers)
-                .await
-                .context("cannot instantiate the new component")?,
+            Generation::prepare(
+                version,
+                &inner.spec,
+                inner.workers + STEADY_SPARES,
+                inner.workers,
+            )
+            .await
+            .context("cannot instantiate the new component")?,
         );
         let old = inner.generation.send_replace(next.clone());
         old.retire();
@@ -327,9 +341,14 @@ impl Pool {
             0
         } else {
             let _ = tokio::time::timeout(drain_wait, all_moved).await;
-            inner.workers.saturating_sub(next.adopted.load(Ordering::Acquire))
+            inner
+                .workers
+                .saturating_sub(next.adopted.load(Ordering::Acquire))
         };
-        Ok(SwapReport { version: id, still_draining })
+        Ok(SwapReport {
+            version: id,
+            still_draining,
+        })
     }
 
     /// Stops taking requests: workers exit once the queue is empty.
@@ -351,7 +370,9 @@ impl Generation {
         let (spares_tx, spares) = async_channel::bounded(capacity);
         for _ in 0..ready {
             let instance = Instance::new(&version, spec).await?;
-            spares_tx.try_send(instance).expect("capacity covers the initial instances");
+            spares_tx
+                .try_send(instance)
+                .expect("capacity covers the initial instances");
         }
         Ok(Generation {
             version,
@@ -390,7 +411,11 @@ impl Inner {
     fn draw(&self, instance: &Instance) -> Drawn {
         let l = &self.lifecycle;
         let jitter = |scale: f64| {
-            if l.jitter > 0.0 { 1.0 + rand::random_range(-l.jitter..l.jitter) * scale } else { 1.0 }
+            if l.jitter > 0.0 {
+                1.0 + rand::random_range(-l.jitter..l.jitter) * scale
+            } else {
+                1.0
+            }
         };
         let recycle_at = l.max_lifetime.map(|life| {
             let drawn = life.mul_f64(jitter(1.0)).max(l.min_lifetime);
@@ -400,7 +425,10 @@ impl Inner {
         let memory_bytes = l
             .reload_on_memory_bytes
             .map(|m| (m as f64 * (1.0 - (jitter(1.0) - 1.0).abs())) as u64);
-        Drawn { recycle_at, memory_bytes }
+        Drawn {
+            recycle_at,
+            memory_bytes,
+        }
     }
 
     async fn run_worker(self: Arc<Self>, id: usize, mut instance: Instance) {
@@ -437,7 +465,12 @@ impl Inner {
                     continue;
                 }
             };
-            if job.reply.lock().map(|r| r.as_ref().is_none_or(|s| s.is_closed())).unwrap_or(true) {
+            if job
+                .reply
+                .lock()
+                .map(|r| r.as_ref().is_none_or(|s| s.is_closed()))
+                .unwrap_or(true)
+            {
                 // The client left while the job was queued: don't run it.
                 continue;
             }
@@ -449,26 +482,48 @@ impl Inner {
             stats.busy.store(true, Ordering::Relaxed);
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
+            // Kept for the log line if the request goes wrong (a refcount, not a copy).
+            let (method, uri) = (job.request.method().clone(), job.request.uri().clone());
             let outcome = instance
-                .serve(job.request, job.scheme, job.reply.clone(), self.spec.request_timeout)
+                .serve(
+                    job.request,
+                    job.scheme,
+                    job.reply.clone(),
+                    self.spec.request_timeout,
+                )
                 .await;
             self.stats.busy.fetch_sub(1, Ordering::Relaxed);
             stats.busy.store(false, Ordering::Relaxed);
             stats.requests.fetch_add(1, Ordering::Relaxed);
-            stats.instance_requests.store(instance.served, Ordering::Relaxed);
-            stats.memory_bytes.store(instance.memory_bytes(), Ordering::Relaxed);
-            stats.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            stats
+                .instance_requests
+                .store(instance.served, Ordering::Relaxed);
+            stats
+                .memory_bytes
+                .store(instance.memory_bytes(), Ordering::Relaxed);
+            stats
+                .busy_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
 
             let reason = match outcome {
                 Served::Ok => self.due(&instance, &drawn),
                 Served::Trapped(trap) => {
-                    tracing::warn!(route = &*self.route, worker = id, reason = %trap, "guest trapped");
+                    tracing::warn!(
+                        route = &*self.route,
+                        worker = id,
+                        %method,
+                        %uri,
+                        reason = %trap,
+                        "guest trapped"
+                    );
                     Some(Recycle::Trap)
                 }
                 Served::TimedOut => {
                     tracing::warn!(
                         route = &*self.route,
                         worker = id,
+                        %method,
+                        %uri,
                         timeout = ?self.spec.request_timeout,
                         "guest ran past the request timeout and was interrupted"
                     );
@@ -497,7 +552,11 @@ impl Inner {
             return Some(Recycle::Requests);
         }
         let old_enough = instance.born.elapsed() >= l.min_lifetime;
-        if old_enough && drawn.memory_bytes.is_some_and(|m| instance.memory_bytes() > m) {
+        if old_enough
+            && drawn
+                .memory_bytes
+                .is_some_and(|m| instance.memory_bytes() > m)
+        {
             return Some(Recycle::Memory);
         }
         if drawn.recycle_at.is_some_and(|at| Instant::now() >= at) {
@@ -531,7 +590,9 @@ impl Inner {
         stats.respawns.fetch_add(1, Ordering::Relaxed);
         stats.last_spawn.store(unix_now(), Ordering::Relaxed);
         stats.instance_requests.store(0, Ordering::Relaxed);
-        stats.memory_bytes.store(fresh.memory_bytes(), Ordering::Relaxed);
+        stats
+            .memory_bytes
+            .store(fresh.memory_bytes(), Ordering::Relaxed);
         self.stats.recycles[reason.index()].fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             route = &*self.route,
@@ -585,5 +646,7 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -124,7 +124,9 @@ fn serve_backlog(listener: TcpListener, app: &Arc<App>) -> JoinSet<()> {
     // One request each, then close: these clients must not keep the drain open.
     let builder = Arc::new(connection_builder(app, false));
     while let Ok((stream, peer)) = std_listener.accept() {
-        let Ok(stream) = TcpStream::from_std(stream) else { continue };
+        let Ok(stream) = TcpStream::from_std(stream) else {
+            continue;
+        };
         let app = app.clone();
         let builder = builder.clone();
         set.spawn(async move {
@@ -179,39 +181,50 @@ async fn handle(
     let started = Instant::now();
     let record = app.access_log.then(|| AccessRecord {
         method: request.method().to_string(),
-        target: request.uri().path_and_query().map_or_else(|| "/".into(), |p| p.to_string()),
+        target: request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".into(), |p| p.to_string()),
         status: 0,
         started,
     });
     let (response, trace) = match dispatch(&app, request).await {
-        Ok((response, trace)) => {
-            (response.map(|body| body.map_err(guest_body_error).boxed_unsync()), Some(trace))
-        }
+        Ok((response, trace)) => (
+            response.map(|body| body.map_err(guest_body_error).boxed_unsync()),
+            Some(trace),
+        ),
         Err((error, trace)) => {
             if error.status().is_server_error() {
                 tracing::warn!(error = %error, worker = trace.as_ref().map_or(0, |t| t.worker.load(Ordering::Relaxed)), "request failed");
             }
             let response = error.to_response::<Full<Bytes>>();
-            (response.map(|b| b.map_err(|never| match never {}).boxed_unsync()), trace)
+            (
+                response.map(|b| b.map_err(|never| match never {}).boxed_unsync()),
+                trace,
+            )
         }
     };
     let (mut parts, body) = response.into_parts();
     if app.draining.load(Ordering::Acquire) {
-        parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        parts.headers.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
     let body = TracedBody {
         inner: body,
         trace,
         bytes: 0,
-        record: record.map(|r| AccessRecord { status: parts.status.as_u16(), ..r }),
+        record: record.map(|r| AccessRecord {
+            status: parts.status.as_u16(),
+            ..r
+        }),
     };
     Response::from_parts(parts, body.boxed_unsync())
 }
 
-type DispatchResult = Result<
-    (crate::guest::GuestResponse, Arc<JobTrace>),
-    (ServeError, Option<Arc<JobTrace>>),
->;
+type DispatchResult =
+    Result<(crate::guest::GuestResponse, Arc<JobTrace>), (ServeError, Option<Arc<JobTrace>>)>;
 
 async fn dispatch(app: &App, request: Request<Incoming>) -> DispatchResult {
     let path = request.uri().path();
@@ -236,7 +249,9 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> DispatchResult {
             })
             .boxed_unsync()
     });
-    pool.dispatch(request, Scheme::Http).await.map_err(|(e, trace)| (e, Some(trace)))
+    pool.dispatch(request, Scheme::Http)
+        .await
+        .map_err(|(e, trace)| (e, Some(trace)))
 }
 
 fn guest_body_error(e: wasmtime_wasi_http::Error) -> BodyError {
@@ -275,12 +290,15 @@ impl Body for TracedBody {
                     self.bytes += data.len() as u64;
                 }
             }
-            Poll::Ready(None) => {
-                if self.trace.as_ref().is_some_and(|t| t.failed.load(Ordering::Acquire)) {
-                    return Poll::Ready(Some(Err(BodyError(
-                        "the guest failed before finishing the response body".into(),
-                    ))));
-                }
+            Poll::Ready(None)
+                if self
+                    .trace
+                    .as_ref()
+                    .is_some_and(|t| t.failed.load(Ordering::Acquire)) =>
+            {
+                return Poll::Ready(Some(Err(BodyError(
+                    "the guest failed before finishing the response body".into(),
+                ))));
             }
             _ => {}
         }
@@ -299,7 +317,10 @@ impl Body for TracedBody {
 impl Drop for TracedBody {
     fn drop(&mut self) {
         if let Some(record) = &self.record {
-            let worker = self.trace.as_ref().map_or(0, |t| t.worker.load(Ordering::Relaxed));
+            let worker = self
+                .trace
+                .as_ref()
+                .map_or(0, |t| t.worker.load(Ordering::Relaxed));
             tracing::info!(
                 target: "fibhost::access",
                 method = %record.method,

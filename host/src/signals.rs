@@ -9,9 +9,10 @@ const EXIT_INTERRUPTED: i32 = 130;
 /// Resolves on the first SIGTERM or SIGINT. After a SIGINT has been seen, another SIGINT
 /// ends the process immediately.
 pub async fn shutdown() {
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; shut down with SIGKILL");
         return std::future::pending().await;
     };

@@ -1,1 +1,294 @@
-//! e2e
+//! The end-to-end harness: paths of the built test guests, a guard that runs the real
+//! `fibhost` binary on port 0, and a small HTTP client.
+//!
+//! The suites themselves live in `tests/e2e/` and are compiled as the `e2e` test of the
+//! `fibhost` package, so that cargo builds the binary they spawn.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Paths of the guests built by this crate's build script.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// How long a server may take to print its startup line (a debug build compiling a guest).
+const STARTUP_LIMIT: Duration = Duration::from_secs(120);
+
+/// Everything a child process wrote, and whether its startup line has appeared.
+#[derive(Default)]
+struct Output {
+    text: String,
+    addr: Option<SocketAddr>,
+    closed: bool,
+}
+
+/// A running `fibhost` process, killed (and its output printed, if the test failed) on drop.
+pub struct Server {
+    child: Child,
+    /// The address from the `Serving HTTP on http://ADDR/` line.
+    pub addr: SocketAddr,
+    output: Arc<(Mutex<Output>, Condvar)>,
+}
+
+/// Why a server did not start.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// All it printed.
+    pub output: String,
+}
+
+impl Server {
+    /// Starts `bin` with `args` plus `--listen 127.0.0.1:0` and waits for its startup line.
+    pub fn start(bin: &str, args: &[&str]) -> Server {
+        match Server::try_start(bin, args) {
+            Ok(server) => server,
+            Err(failure) => panic!("fibhost did not start: {failure:?}"),
+        }
+    }
+
+    /// Like [`Server::start`], but returns the exit status and output if it exits instead.
+    pub fn try_start(bin: &str, args: &[&str]) -> Result<Server, StartFailure> {
+        let mut command = Command::new(bin);
+        command.args(args);
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        Server::spawn(command)
+    }
+
+    /// Spawns `command` (stdout and stderr captured) and waits for its startup line.
+    pub fn spawn(mut command: Command) -> Result<Server, StartFailure> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("cannot spawn the server binary");
+        let output = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let readers = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for reader in readers {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(reader).lines() {
+                    let Ok(line) = line else { break };
+                    let (lock, ready) = &*output;
+                    let mut out = lock.lock().unwrap();
+                    if out.addr.is_none()
+                        && let Some(addr) = parse_startup_line(&line)
+                    {
+                        out.addr = Some(addr);
+                        ready.notify_all();
+                    }
+                    out.text.push_str(&line);
+                    out.text.push('\n');
+                }
+                let (lock, ready) = &*output;
+                lock.lock().unwrap().closed = true;
+                ready.notify_all();
+            });
+        }
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // Give the reader threads a moment to collect the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                let text = output.0.lock().unwrap().text.clone();
+                return Err(StartFailure {
+                    status,
+                    output: text,
+                });
+            }
+            let (lock, ready) = &*output;
+            let out = lock.lock().unwrap();
+            if let Some(addr) = out.addr {
+                drop(out);
+                return Ok(Server {
+                    child,
+                    addr,
+                    output,
+                });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no startup line within {STARTUP_LIMIT:?}:\n{}",
+                out.text
+            );
+            let _ = ready.wait_timeout(out, Duration::from_millis(100)).unwrap();
+        }
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Everything the server printed so far.
+    pub fn output(&self) -> String {
+        self.output.0.lock().unwrap().text.clone()
+    }
+
+    /// Waits until the output contains `needle` (or panics after `limit`).
+    pub fn wait_for_output(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.output().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "`{needle}` never appeared in:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `HUP`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server still running after {limit:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- fibhost output ----\n{}------------------------",
+                self.output()
+            );
+        }
+    }
+}
+
+fn parse_startup_line(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("Serving HTTP on http://")? + "Serving HTTP on http://".len()..];
+    rest.split('/').next()?.parse().ok()
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value as text, or "" when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// An HTTP/1.1 client with keep-alive, cheap to clone.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+impl Http {
+    /// A new client with its own connection pool.
+    pub fn new() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// `GET url`.
+    pub async fn get(&self, url: &str) -> anyhow::Result<Reply> {
+        self.send(Method::GET, url, Bytes::new()).await
+    }
+
+    /// Sends one request and reads the whole response.
+    pub async fn send(&self, method: Method, url: &str, body: Bytes) -> anyhow::Result<Reply> {
+        let request = Request::builder()
+            .method(method)
+            .uri(url)
+            .body(Full::new(body))?;
+        let response = self.client.request(request).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// Runs `curl` with `args` and returns (exit success, stdout, stderr).
+pub fn curl(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl is needed by this test (scripts/setup.sh installs it)");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Whether a file exists, for tests that need an optional built artifact.
+pub fn exists(path: &str) -> bool {
+    Path::new(path).exists()
+}

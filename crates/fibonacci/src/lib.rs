@@ -46,7 +46,11 @@ pub struct Reply {
 
 impl Reply {
     fn ok(body: String) -> Self {
-        Reply { status: 200, body, allow: false }
+        Reply {
+            status: 200,
+            body,
+            allow: false,
+        }
     }
 
     fn error(status: u16, message: &str) -> Self {
@@ -54,7 +58,11 @@ impl Reply {
         body.push_str("{\"error\": \"");
         push_json_escaped(&mut body, message);
         body.push_str("\"}");
-        Reply { status, body, allow: status == 405 }
+        Reply {
+            status,
+            body,
+            allow: status == 405,
+        }
     }
 }
 
@@ -148,10 +156,15 @@ pub fn parse_bound(s: &str) -> Result<Bound, ParseError> {
         return Err(ParseError::NoDigits);
     }
     if let Some(i) = digits.iter().position(|b| !b.is_ascii_digit()) {
-        return Err(ParseError::Unexpected { position: offset + i + 1, byte: digits[i] });
+        return Err(ParseError::Unexpected {
+            position: offset + i + 1,
+            byte: digits[i],
+        });
     }
     if digits.len() > MAX_DIGITS {
-        return Err(ParseError::TooLong { digits: digits.len() });
+        return Err(ParseError::TooLong {
+            digits: digits.len(),
+        });
     }
     let significant = {
         let zeros = digits.iter().take_while(|&&b| b == b'0').count();
@@ -161,7 +174,9 @@ pub fn parse_bound(s: &str) -> Result<Bound, ParseError> {
         return Ok(Bound::Seed);
     }
     if significant.len() <= 19 {
-        let n = significant.iter().fold(0u128, |n, &d| n * 10 + u128::from(d - b'0'));
+        let n = significant
+            .iter()
+            .fold(0u128, |n, &d| n * 10 + u128::from(d - b'0'));
         return Ok(Bound::Small(n));
     }
     Ok(Bound::Big(BigUint::from_decimal(significant)))
@@ -220,7 +235,11 @@ impl BigUint {
     fn from_decimal(digits: &[u8]) -> Self {
         let limbs = digits
             .rchunks(LIMB_DIGITS)
-            .map(|chunk| chunk.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
+            })
             .collect();
         BigUint { limbs }
     }
@@ -237,7 +256,11 @@ impl BigUint {
         let mut carry = 0;
         for (i, limb) in self.limbs.iter_mut().enumerate() {
             let sum = *limb + other.limbs.get(i).copied().unwrap_or(0) + carry;
-            (*limb, carry) = if sum >= LIMB_BASE { (sum - LIMB_BASE, 1) } else { (sum, 0) };
+            (*limb, carry) = if sum >= LIMB_BASE {
+                (sum - LIMB_BASE, 1)
+            } else {
+                (sum, 0)
+            };
         }
         if carry > 0 {
             self.limbs.push(carry);
@@ -335,7 +358,15 @@ mod tests {
 
     #[test]
     fn seed_cases() {
-        for n in ["0", "1", "-5", "-0", "+1", "0001", "-99999999999999999999999"] {
+        for n in [
+            "0",
+            "1",
+            "-5",
+            "-0",
+            "+1",
+            "0001",
+            "-99999999999999999999999",
+        ] {
             assert_eq!(respond("GET", &format!("/{n}")).body, "[0, 1]", "n = {n}");
         }
         assert_eq!(respond("GET", "/2").body, "[0, 1, 1, 2]");
@@ -360,7 +391,11 @@ mod tests {
         cases.push("12200160415121876738".into()); // fib(93), the largest u64 Fibonacci number
         cases.push("12200160415121876739".into());
         for n in cases {
-            assert_eq!(respond("GET", &format!("/{n}")).body, reference(&n), "n = {n}");
+            assert_eq!(
+                respond("GET", &format!("/{n}")).body,
+                reference(&n),
+                "n = {n}"
+            );
         }
     }
 

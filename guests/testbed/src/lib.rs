@@ -53,9 +53,8 @@ impl Guest for Testbed {
                 .find(|(k, _)| *k == key)
                 .map(|(_, v)| v.to_string())
         };
-        let number = |key: &str, default: u64| {
-            param(key).and_then(|v| v.parse().ok()).unwrap_or(default)
-        };
+        let number =
+            |key: &str, default: u64| param(key).and_then(|v| v.parse().ok()).unwrap_or(default);
         match path {
             "/count" => reply(response_out, 200, served.to_string()),
             "/version" => reply(response_out, 200, VERSION.to_string()),
@@ -117,7 +116,11 @@ impl Guest for Testbed {
                     }
                     let _ = IncomingBody::finish(body);
                 }
-                reply(response_out, 200, String::from_utf8_lossy(&data).into_owned());
+                reply(
+                    response_out,
+                    200,
+                    String::from_utf8_lossy(&data).into_owned(),
+                );
             }
             _ => reply(response_out, 404, "no such testbed path".to_string()),
         }
@@ -125,7 +128,10 @@ impl Guest for Testbed {
 }
 
 #[inline(never)]
-#[expect(unconditional_recursion, reason = "`/stack` exists to overflow the stack")]
+#[expect(
+    unconditional_recursion,
+    reason = "`/stack` exists to overflow the stack"
+)]
 fn recurse(depth: u64) -> u64 {
     let pad = black_box([depth; 64]);
     recurse(depth + 1) + pad[black_box(3)]
@@ -140,7 +146,9 @@ fn start(out: ResponseOutparam, status: u16, length: Option<usize>) -> OutgoingB
     }
     let response = OutgoingResponse::new(headers);
     let _ = response.set_status_code(status);
-    let body = response.body().expect("a fresh response's body is taken once");
+    let body = response
+        .body()
+        .expect("a fresh response's body is taken once");
     ResponseOutparam::set(out, Ok(response));
     body
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and serving fibhost needs beyond the Rust toolchain. Idempotent.
+#   scripts/setup.sh          the wasm32-wasip2 target (enough to build and serve)
+#   scripts/setup.sh --test   also the tools the test suites drive (curl, nginx, …)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    echo "setup: adding the wasm32-wasip2 target"
+    rustup target add wasm32-wasip2
+fi
+
+if [[ "${1:-}" == "--test" ]]; then
+    rustup component add rustfmt clippy >/dev/null 2>&1 || true
+    missing=()
+    command -v curl >/dev/null || missing+=(curl)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    if ((${#missing[@]})); then
+        echo "setup: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi

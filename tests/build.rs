@@ -1,0 +1,88 @@
+//! Builds the Rust test guests for `wasm32-wasip2` and exposes their paths as constants
+//! (`FIB`, `TESTBED`, `TESTBED_V2`), so `cargo test` alone always runs against guests built
+//! from the current sources.
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap().to_path_buf();
+    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    for watched in [
+        "guests/Cargo.toml",
+        "guests/Cargo.lock",
+        "guests/fib",
+        "guests/testbed",
+        "crates/fibonacci",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+
+    let v1 = build(&root, &out.join("v1"), &["-p", "fib", "-p", "testbed"]);
+    let v2 = build(
+        &root,
+        &out.join("v2"),
+        &["-p", "testbed", "--features", "testbed/v2"],
+    );
+
+    let mut consts = String::new();
+    for (name, path) in [
+        ("FIB", v1.join("fib.wasm")),
+        ("TESTBED", v1.join("testbed.wasm")),
+        ("TESTBED_V2", v2.join("testbed.wasm")),
+    ] {
+        assert!(
+            path.exists(),
+            "the guest build did not produce {}",
+            path.display()
+        );
+        writeln!(
+            consts,
+            "/// Path of a built test guest.\npub const {name}: &str = {:?};",
+            path.display().to_string()
+        )
+        .unwrap();
+    }
+    std::fs::write(out.join("guests.rs"), consts).unwrap();
+}
+
+/// Runs a nested `cargo build` of the guest workspace; returns the directory of the `.wasm`s.
+fn build(root: &Path, target_dir: &Path, args: &[&str]) -> PathBuf {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+    ])
+    .arg(root.join("guests/Cargo.toml"))
+    .arg("--target-dir")
+    .arg(target_dir)
+    .args(args);
+    // The outer build's settings (flags, target dir, profile, jobserver) are for the host
+    // target; the nested build must not inherit them.
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || key.starts_with("RUSTFLAGS")
+            || key == "RUSTC"
+            || key == "RUSTC_WRAPPER"
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the test guests");
+    assert!(
+        status.success(),
+        "building the test guests failed; is the wasm32-wasip2 target installed? \
+         (`rustup target add wasm32-wasip2`, or run scripts/setup.sh)"
+    );
+    target_dir.join("wasm32-wasip2/release")
+}

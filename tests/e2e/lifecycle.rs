@@ -1,0 +1,327 @@
+//! Worker lifecycle: reuse, recycling by requests, lifetime and memory, jitter, traps,
+//! timeouts and hostile guests. The testbed guest's `/count` returns how many requests its
+//! instance has served, which makes reuse and recycling observable from outside.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use crate::start;
+use fibhost_e2e::{Http, Server, guests};
+
+async fn count(http: &Http, server: &Server) -> u64 {
+    let reply = http.get(&server.url("/count")).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.text().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_are_reused_until_max_requests() {
+    let server = start(guests::TESTBED, &["--workers", "1", "--max-requests", "3"]);
+    let http = Http::new();
+    let mut counts = Vec::new();
+    for _ in 0..7 {
+        counts.push(count(&http, &server).await);
+    }
+    assert_eq!(counts, [1, 2, 3, 1, 2, 3, 1]);
+    server.wait_for_output("reason=\"requests\"", Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_requests_one_never_shares_an_instance() {
+    let server = start(
+        guests::TESTBED,
+        &["--workers", "2", "--max-requests", "1", "--disable-logging"],
+    );
+    let http = Http::new();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (http, url) = (http.clone(), server.url("/count"));
+            tokio::spawn(async move { http.get(&url).await.unwrap().text() })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(
+            task.await.unwrap(),
+            "1",
+            "an instance served a second request"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifetime_recycles_an_instance() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--max-worker-lifetime",
+            "1",
+            "--lifetime-jitter",
+            "0",
+        ],
+    );
+    let http = Http::new();
+    assert_eq!(count(&http, &server).await, 1);
+    assert_eq!(count(&http, &server).await, 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        count(&http, &server).await,
+        1,
+        "the instance outlived max-worker-lifetime"
+    );
+    server.wait_for_output("reason=\"lifetime\"", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_lifetime_holds_back_lifetime_recycling() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--max-worker-lifetime",
+            "0.2",
+            "--min-worker-lifetime",
+            "60",
+            "--lifetime-jitter",
+            "0",
+        ],
+    );
+    let http = Http::new();
+    assert_eq!(count(&http, &server).await, 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        count(&http, &server).await,
+        2,
+        "a young instance was recycled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_recycles_an_instance() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--reload-on-memory",
+            "8",
+            "--lifetime-jitter",
+            "0",
+        ],
+    );
+    let http = Http::new();
+    assert_eq!(count(&http, &server).await, 1);
+    let grown = http.get(&server.url("/grow?mib=16")).await.unwrap();
+    assert_eq!(grown.text(), "2");
+    assert_eq!(
+        count(&http, &server).await,
+        1,
+        "the instance kept serving above reload-on-memory"
+    );
+    server.wait_for_output("reason=\"memory\"", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jittered_lifetimes_are_spread() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "4",
+            "--max-worker-lifetime",
+            "2",
+            "--lifetime-jitter",
+            "0.5",
+            "--disable-logging",
+        ],
+    );
+    // Wait for each of the 4 workers' first lifetime recycle (within 3 s by construction).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let times = loop {
+        let output = server.output();
+        let times: Vec<(usize, String)> = output
+            .lines()
+            .filter(|l| l.contains("reason=\"lifetime\""))
+            .filter_map(|l| {
+                let worker = l.split("worker=").nth(1)?.split(' ').next()?.parse().ok()?;
+                Some((worker, l.split(' ').next()?.to_string()))
+            })
+            .collect();
+        let mut workers: Vec<usize> = times.iter().map(|t| t.0).collect();
+        workers.sort();
+        workers.dedup();
+        if workers.len() == 4 {
+            break times;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every worker recycled:\n{output}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let first: Vec<&String> = (1..=4)
+        .map(|w| &times.iter().find(|t| t.0 == w).unwrap().1)
+        .collect();
+    let mut distinct = first.clone();
+    distinct.sort();
+    distinct.dedup();
+    // Timestamps have microsecond resolution: identical ones would mean a synchronized recycle.
+    assert_eq!(distinct.len(), 4, "workers recycled together: {first:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traps_and_timeouts_cost_one_request_and_one_instance() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--request-timeout",
+            "1",
+            "--memory-limit",
+            "32",
+        ],
+    );
+    let http = Http::new();
+    for (path, status, needle) in [
+        ("/panic", 500, "unreachable"),
+        ("/stack", 500, "the guest failed"),
+        ("/alloc", 500, "the guest failed"),
+        ("/loop", 504, "request timeout"),
+    ] {
+        assert!(count(&http, &server).await >= 1);
+        let reply = http.get(&server.url(path)).await.unwrap();
+        assert_eq!(reply.status.as_u16(), status, "{path}: {}", reply.text());
+        assert_eq!(reply.header("content-type"), "application/json");
+        assert!(reply.text().contains(needle), "{path}: {}", reply.text());
+        // The broken instance was replaced: the counter starts again.
+        assert_eq!(count(&http, &server).await, 1, "after {path}");
+    }
+    server.wait_for_output("reason=\"trap\"", Duration::from_secs(10));
+    server.wait_for_output("reason=\"timeout\"", Duration::from_secs(10));
+    server.wait_for_output(
+        "guest ran past the request timeout and was interrupted route=\"/\" worker=1 method=GET uri=/loop",
+        Duration::from_secs(10),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_guests_do_not_disturb_other_requests() {
+    let server = Arc::new(start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "4",
+            "--request-timeout",
+            "2",
+            "--memory-limit",
+            "64",
+            "--disable-logging",
+        ],
+    ));
+    let http = Http::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let good: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, server, stop, ok, failed) = (
+                http.clone(),
+                server.clone(),
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match http.get(&server.url("/version")).await {
+                        Ok(r) if r.status == StatusCode::OK && r.text() == "v1" => {
+                            ok.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    let hostile = [
+        ("/loop", Some(504)),
+        ("/alloc", Some(500)),
+        ("/panic", Some(500)),
+        ("/stack", Some(500)),
+        ("/stall", None),
+    ];
+    for (path, status) in hostile {
+        let reply = http.get(&server.url(path)).await;
+        match status {
+            Some(status) => assert_eq!(reply.unwrap().status.as_u16(), status, "{path}"),
+            // Headers went out before the stall: the body must be cut off, not end cleanly.
+            None => assert!(reply.is_err(), "a stalled body must not look complete"),
+        }
+    }
+    // A 100 MiB body streams through completely.
+    let reply = http.get(&server.url("/stream?mib=100")).await.unwrap();
+    assert_eq!(reply.body.len(), 100 * 1024 * 1024);
+    stop.store(true, Ordering::Relaxed);
+    for task in good {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests to the well-behaved path failed"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recycling_every_second_under_load_fails_nothing() {
+    let server = Arc::new(start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "4",
+            "--max-worker-lifetime",
+            "1",
+            "--request-timeout",
+            "10",
+            "--disable-logging",
+        ],
+    ));
+    let http = Http::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, server) = (http.clone(), server.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed, mut slowest) = (0u64, 0u64, Duration::ZERO);
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    match http.get(&server.url("/count")).await {
+                        Ok(r) if r.status == StatusCode::OK => ok += 1,
+                        _ => failed += 1,
+                    }
+                    slowest = slowest.max(started.elapsed());
+                }
+                (ok, failed, slowest)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+    for client in clients {
+        let (o, f, s) = client.await.unwrap();
+        (ok, failed, slowest) = (ok + o, failed + f, slowest.max(s));
+    }
+    assert_eq!(failed, 0, "{ok} ok, {failed} failed");
+    assert!(ok > 100, "only {ok} requests in 10 s");
+    // Generous bound: the request timeout, never approached by a healthy request.
+    assert!(
+        slowest < Duration::from_secs(10),
+        "slowest request took {slowest:?}"
+    );
+    server.wait_for_output("reason=\"lifetime\"", Duration::from_secs(10));
+}

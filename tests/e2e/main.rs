@@ -1,0 +1,61 @@
+//! End-to-end suites: each test spawns the real `fibhost` binary on port 0 with real guests and
+//! talks real HTTP to it. One test binary, several modules, to pay the link time once.
+
+mod api;
+mod conformance;
+mod lifecycle;
+mod serving;
+mod startup;
+
+/// Path of the `fibhost` binary cargo built for this test run.
+fn fibhost() -> &'static str {
+    env!("CARGO_BIN_EXE_fibhost")
+}
+
+/// Starts fibhost serving `component` with extra `args`.
+fn start(component: &str, args: &[&str]) -> fibhost_e2e::Server {
+    let mut all = vec!["--component", component];
+    all.extend_from_slice(args);
+    fibhost_e2e::Server::start(fibhost(), &all)
+}
+
+/// An independent reference for the Fibonacci API: decimal strings added digit by digit.
+fn reference_sequence(n: &str) -> String {
+    fn add(a: &str, b: &str) -> String {
+        let (a, b): (Vec<u8>, Vec<u8>) = (a.bytes().rev().collect(), b.bytes().rev().collect());
+        let mut out = Vec::with_capacity(a.len().max(b.len()) + 1);
+        let mut carry = 0;
+        for i in 0..a.len().max(b.len()) {
+            let d = carry + a.get(i).map_or(0, |d| d - b'0') + b.get(i).map_or(0, |d| d - b'0');
+            out.push(b'0' + d % 10);
+            carry = d / 10;
+        }
+        if carry > 0 {
+            out.push(b'0' + carry);
+        }
+        out.reverse();
+        String::from_utf8(out).unwrap()
+    }
+    let below = |a: &str, b: &str| (a.len(), a) < (b.len(), b);
+    let n = n.trim_start_matches('+');
+    let mut seq = vec!["0".to_string(), "1".to_string()];
+    if !n.starts_with('-') {
+        let n = n.trim_start_matches('0');
+        while below(seq.last().unwrap(), n) {
+            let next = add(&seq[seq.len() - 2], &seq[seq.len() - 1]);
+            seq.push(next);
+        }
+    }
+    format!("[{}]", seq.join(", "))
+}
+
+#[test]
+fn reference_is_right() {
+    assert_eq!(
+        reference_sequence("9000"),
+        "[0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584, 4181, 6765, 10946]"
+    );
+    assert_eq!(reference_sequence("1"), "[0, 1]");
+    assert_eq!(reference_sequence("-5"), "[0, 1]");
+    assert_eq!(reference_sequence("2"), "[0, 1, 1, 2]");
+}

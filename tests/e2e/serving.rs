@@ -1,0 +1,153 @@
+//! The server's own behaviour around the guest: queue bound, limits, protocols, shutdown.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::start;
+use fibhost_e2e::{Http, curl, guests};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_queue_answers_503_with_retry_after() {
+    let server = start(guests::TESTBED, &["--workers", "1", "--queue", "1"]);
+    let http = Http::new();
+    // One request occupies the only worker, a second waits in the queue of one...
+    let busy = tokio::spawn({
+        let (http, url) = (http.clone(), server.url("/sleep?ms=3000"));
+        async move { http.get(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = tokio::spawn({
+        let (http, url) = (http.clone(), server.url("/count"));
+        async move { http.get(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so a third is refused at once.
+    let refused = http.get(&server.url("/count")).await.unwrap();
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("retry-after"), "1");
+    assert!(
+        refused.text().contains("queue of 1 is full"),
+        "{}",
+        refused.text()
+    );
+    // The admitted requests are still served.
+    assert_eq!(busy.await.unwrap().unwrap().text(), "slept");
+    assert_eq!(queued.await.unwrap().unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn body_size_limit() {
+    let server = start(guests::TESTBED, &["--workers", "1", "--max-body-size", "1"]);
+    let http = Http::new();
+    let small = http
+        .send(http::Method::POST, &server.url("/echo"), "hello".into())
+        .await
+        .unwrap();
+    assert_eq!(small.text(), "hello");
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let reply = http
+        .send(http::Method::POST, &server.url("/echo"), big.into())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        reply.text().contains("exceeds the limit of 1048576 bytes"),
+        "{}",
+        reply.text()
+    );
+}
+
+#[test]
+fn oversized_headers_and_slow_clients_are_cut_off() {
+    let server = start(
+        guests::FIB,
+        &[
+            "--workers",
+            "1",
+            "--max-header-size",
+            "8",
+            "--header-read-timeout",
+            "1",
+        ],
+    );
+    // A head larger than the limit: hyper answers 431.
+    let (ok, out, _) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("x-big: {}", "a".repeat(20_000)),
+        &server.url("/5"),
+    ]);
+    assert!(ok);
+    assert_eq!(out, "431");
+    // Slowloris: a head that never completes is dropped after the header-read timeout.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.write_all(b"GET /5 HTTP/1.1\r\nHost: x\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = stream.read_to_end(&mut buf);
+    assert!(
+        read.is_ok(),
+        "the server should close the connection, not leave it open: {read:?}"
+    );
+    // And the server still serves.
+    assert_eq!(curl(&[&server.url("/5")]).1, "[0, 1, 1, 2, 3, 5]");
+}
+
+#[test]
+fn http2_prior_knowledge_and_keep_alive() {
+    let server = start(guests::FIB, &["--workers", "2"]);
+    let (ok, out, err) = curl(&[
+        "--http2-prior-knowledge",
+        "-w",
+        " %{http_version}",
+        &server.url("/10"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "[0, 1, 1, 2, 3, 5, 8, 13] 2");
+    // Two requests on one HTTP/1.1 connection: curl reuses it.
+    let (ok, _, err) = curl(&["-v", &server.url("/1"), &server.url("/2")]);
+    assert!(ok);
+    assert!(err.contains("Re-using existing connection"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let mut server = start(
+        guests::TESTBED,
+        &["--workers", "2", "--shutdown-timeout", "30"],
+    );
+    let http = Http::new();
+    let in_flight: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (http.clone(), server.url("/sleep?ms=1500"));
+            tokio::spawn(async move { http.get(&url).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.signal("TERM");
+    for request in in_flight {
+        let reply = request
+            .await
+            .unwrap()
+            .expect("an in-flight request must complete");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "slept");
+    }
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(30)));
+    assert!(status.success(), "exit status {status:?}");
+    // After shutdown nothing listens any more.
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+}
