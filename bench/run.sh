@@ -1,0 +1,450 @@
+#!/usr/bin/env bash
+# bench/run.sh — issue 7's benchmark: fibhost against a native server, `wasmtime serve` and
+# the article's uWSGI + Flask deployment, on the article's loads. See bench/README.md.
+#
+# Usage: bench/run.sh [--quick] [--rounds N] [--only REGEX] [--oha] [--with-wasmtime]
+#                     [--no-setup]
+#
+#   --quick          smoke run: 1 round, ab -n 5000, 5 s keep-alive load, shorter warm-up
+#   --rounds N       rounds (default 3; --quick sets 1 unless --rounds follows it)
+#   --only REGEX     measure only the systems whose name matches (e.g. 'native|fibhost-nolog')
+#   --oha            keep-alive load with oha instead of wrk (cargo install --locked oha if missing)
+#   --with-wasmtime  cargo install --locked wasmtime-cli@48.0.8 if `wasmtime` 48 is missing
+#                    (~10 min on 2 cores); without it `wasmtime serve` runs only if installed
+#   --no-setup       skip apt, the venv and the builds (use what is there)
+#
+# One run:
+#   1. Setup: apt-get installs ab (apache2-utils) and wrk if missing; target/bench-venv gets
+#      bench/uwsgi/requirements.txt; release builds of fibhost and bench/native; the fib guest
+#      (scripts/build-guests.sh if present, else cargo + copy to guests/fib.wasm).
+#   2. Systems, each started afresh for every measurement, listening on 127.0.0.1 only:
+#      native (bench/native), fibhost with the access log on and off, fibhost recycling every
+#      second (--max-worker-lifetime 1) and after every request (--max-requests 1), fibhost
+#      with guests/{python,js,c}-fib.wasm when those exist, `wasmtime serve -S cli` without
+#      and with instance reuse (when installed), uWSGI + Flask with the article's settings.
+#   3. Loads: the article's `ab -c 500 -n 20000 /9000` (a new connection per request) and a
+#      keep-alive load at 500 connections for 10 s (wrk, or oha with --oha).
+#   4. Each measurement: time from spawn to the first 200 on /9000; that body compared with
+#      the API's; a short warm-up; the load; peak RSS of the server's whole process tree
+#      (sampled from /proc every 50 ms). Systems alternate within each round (A B A B…).
+#   5. Report: medians over rounds in bench/results/latest.md (also printed); every tool's raw
+#      output and every server's log in bench/results/latest/.
+#
+# Every load is bounded in requests or seconds and by `timeout`; servers run in their own
+# session and the whole session is killed on exit, Ctrl-C included.
+
+set -euo pipefail
+set +m # background jobs must share our process group so that `setsid` needs no fork
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+# --- options -----------------------------------------------------------------------------
+
+ROUNDS=3
+AB_N=20000
+CONCURRENCY=500
+KEEPALIVE_SECS=10
+WARMUP_N=1000
+ONLY=.
+KEEPALIVE_TOOL=wrk
+WITH_WASMTIME=0
+SETUP=1
+
+usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+while (($#)); do
+    case $1 in
+        --quick) ROUNDS=1 AB_N=5000 KEEPALIVE_SECS=5 WARMUP_N=300 ;;
+        --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
+        --only) ONLY=${2:?--only needs a regular expression}; shift ;;
+        --oha) KEEPALIVE_TOOL=oha ;;
+        --with-wasmtime) WITH_WASMTIME=1 ;;
+        --no-setup) SETUP=0 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "run.sh: unknown option \`$1\`; see --help" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --rounds must be a positive integer" >&2; exit 2; }
+
+NPROC=$(nproc)
+RESULTS=bench/results
+RUN_DIR=$RESULTS/latest
+VENV=target/bench-venv
+# A server gets this long from spawn to its first 200 (a cold Python guest compiles for a while).
+STARTUP_TIMEOUT_SECS=120
+# The upper bound on one ab run; ab prints what it has when interrupted with SIGINT.
+AB_TIMEOUT_SECS=600
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "run.sh: error: $*"; exit 1; }
+
+# --- cleanup -----------------------------------------------------------------------------
+
+SERVER_PID=
+SAMPLER_PID=
+NOTES=() # said in the report: build failures, systems not measured, measurements that failed
+
+# Stops the current server's whole session (uWSGI forks a master, a router and workers),
+# politely first, and the RSS sampler.
+stop_server() {
+    if [[ -n $SAMPLER_PID ]]; then
+        kill -TERM "$SAMPLER_PID" 2>/dev/null || true
+        wait "$SAMPLER_PID" 2>/dev/null || true
+        SAMPLER_PID=
+    fi
+    [[ -n $SERVER_PID ]] || return 0
+    kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 -- "-$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+trap stop_server EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- setup -------------------------------------------------------------------------------
+
+as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
+
+setup_apt() {
+    local missing=()
+    command -v ab >/dev/null || missing+=(apache2-utils)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    ((${#missing[@]})) || return 0
+    log "== apt-get install ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+setup_venv() {
+    # The stamp is the requirements file the venv was built from: a changed pin rebuilds it.
+    if [[ -x $VENV/bin/uwsgi ]] && cmp -s bench/uwsgi/requirements.txt "$VENV/requirements.txt"; then
+        return 0
+    fi
+    log "== venv $VENV: pip install -r bench/uwsgi/requirements.txt (uWSGI compiles, ~1 min)"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q -r bench/uwsgi/requirements.txt
+    cp bench/uwsgi/requirements.txt "$VENV/requirements.txt"
+}
+
+# A failed build is not fatal when an older binary exists: the host may be mid-edit. The
+# report then says which binary was measured.
+setup_builds() {
+    log "== cargo build --release -p fib-native"
+    cargo build --release -p fib-native
+    log "== cargo build --release -p fibhost"
+    cargo build --release -p fibhost || build_failed target/release/fibhost "the fibhost release build"
+    log "== guests"
+    [[ -x scripts/setup.sh ]] && scripts/setup.sh # the wasm32-wasip2 target
+    if [[ -x scripts/build-guests.sh ]]; then
+        scripts/build-guests.sh || build_failed guests/fib.wasm "scripts/build-guests.sh"
+    elif cargo build --manifest-path guests/Cargo.toml --target wasm32-wasip2 --release -p fib; then
+        cp guests/target/wasm32-wasip2/release/fib.wasm guests/fib.wasm
+    else
+        build_failed guests/fib.wasm "the fib guest build"
+    fi
+}
+
+# Records that build $2 failed: the systems needing $1 use an older one, or are left out.
+build_failed() {
+    if [[ -f $1 ]]; then
+        log "run.sh: warning: $2 failed; measuring the existing $1"
+        NOTES+=("$2 failed: measured the existing \`$1\` of $(date -u -r "$1" '+%Y-%m-%d %H:%M UTC')")
+    else
+        log "run.sh: warning: $2 failed and there is no $1; the systems using it are left out"
+        NOTES+=("$2 failed and there was no \`$1\`")
+    fi
+}
+
+setup_oha() {
+    command -v oha >/dev/null && return 0
+    log "== cargo install --locked oha (~3 min)"
+    cargo install --locked oha
+}
+
+setup_wasmtime() {
+    if command -v wasmtime >/dev/null && [[ $(wasmtime --version) == "wasmtime 48."* ]]; then
+        return 0
+    fi
+    log "== cargo install --locked wasmtime-cli@48.0.8 (~10 min on 2 cores)"
+    cargo install --locked wasmtime-cli@48.0.8
+}
+
+if ((SETUP)); then
+    setup_apt
+    setup_venv
+    setup_builds
+    [[ $KEEPALIVE_TOOL == oha ]] && setup_oha
+    ((WITH_WASMTIME)) && setup_wasmtime
+fi
+for tool in ab curl "$KEEPALIVE_TOOL"; do
+    command -v "$tool" >/dev/null || die "\`$tool\` is not installed; run without --no-setup"
+done
+[[ -x target/release/fib-native ]] || die "\`target/release/fib-native\` is missing; run without --no-setup"
+
+# ab and wrk hold 500 sockets each, and so do the servers.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# --- systems -----------------------------------------------------------------------------
+
+SYSTEMS=(native)
+if [[ ! -f guests/fib.wasm ]]; then
+    NOTES+=("not measured: fibhost and wasmtime serve (no guests/fib.wasm)")
+elif [[ ! -x target/release/fibhost ]]; then
+    NOTES+=("not measured: fibhost (no target/release/fibhost)")
+else
+    SYSTEMS+=(fibhost fibhost-nolog fibhost-lifetime1 fibhost-maxreq1)
+    for lang in python js c; do
+        if [[ -f guests/$lang-fib.wasm ]]; then
+            SYSTEMS+=("fibhost-$lang")
+        else
+            NOTES+=("not measured: fibhost-$lang (no guests/$lang-fib.wasm)")
+        fi
+    done
+fi
+if [[ ! -f guests/fib.wasm ]]; then
+    : # said above
+elif command -v wasmtime >/dev/null; then
+    SYSTEMS+=(wasmtime)
+    if wasmtime serve --help | grep -q -- --max-instance-reuse-count; then
+        SYSTEMS+=(wasmtime-reuse)
+    else
+        NOTES+=("not measured: wasmtime-reuse ($(wasmtime --version) has no --max-instance-reuse-count)")
+    fi
+else
+    NOTES+=("not measured: wasmtime serve (not installed; use --with-wasmtime)")
+fi
+if [[ -x $VENV/bin/uwsgi ]]; then
+    SYSTEMS+=(uwsgi)
+else
+    NOTES+=("not measured: uwsgi (no $VENV; run without --no-setup)")
+fi
+
+selected=()
+for system in "${SYSTEMS[@]}"; do
+    [[ $system =~ $ONLY ]] && selected+=("$system")
+done
+((${#selected[@]})) || die "no system matches --only \`$ONLY\` (systems: ${SYSTEMS[*]})"
+SYSTEMS=("${selected[@]}")
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Sets CMD (the command line) and ADDR (empty when the server prints it) for system $1.
+system_command() {
+    local fibhost=(target/release/fibhost --workers "$NPROC" --listen 127.0.0.1:0 --component)
+    # Recycling variants run without the access log: compare them with fibhost-nolog.
+    local quiet=(--disable-logging)
+    local reuse_all=1000000000
+    ADDR=
+    case $1 in
+        native) CMD=(target/release/fib-native --listen 127.0.0.1:0) ;;
+        fibhost) CMD=("${fibhost[@]}" guests/fib.wasm) ;;
+        fibhost-nolog) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}") ;;
+        fibhost-lifetime1) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}" --max-worker-lifetime 1) ;;
+        fibhost-maxreq1) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}" --max-requests 1) ;;
+        fibhost-python | fibhost-js | fibhost-c)
+            CMD=("${fibhost[@]}" "guests/${1#fibhost-}-fib.wasm" "${quiet[@]}") ;;
+        wasmtime) CMD=(wasmtime serve -S cli --addr 127.0.0.1:0 guests/fib.wasm) ;;
+        wasmtime-reuse)
+            CMD=(wasmtime serve -S cli --max-instance-reuse-count "$reuse_all" --addr 127.0.0.1:0 guests/fib.wasm) ;;
+        uwsgi)
+            local port
+            port=$(free_port)
+            ADDR=127.0.0.1:$port
+            CMD=(env "FIB_UWSGI_PORT=$port" "$VENV/bin/uwsgi" --ini bench/uwsgi/uwsgi.ini) ;;
+        *) die "unknown system \`$1\`" ;;
+    esac
+}
+
+# --- loads -------------------------------------------------------------------------------
+
+LOADS=(ab keepalive)
+
+load_title() {
+    case $1 in
+        ab) echo "No keep-alive: the article's ab load ($AB_N requests, $CONCURRENCY concurrent)" ;;
+        keepalive) echo "Keep-alive: $CONCURRENCY connections for $KEEPALIVE_SECS s ($KEEPALIVE_TOOL)" ;;
+    esac
+}
+
+load_short() {
+    case $1 in
+        ab) echo "ab, no keep-alive" ;;
+        keepalive) echo "$KEEPALIVE_TOOL, keep-alive" ;;
+    esac
+}
+
+# Prints the load's command line for URL $2 (one word per line, for mapfile).
+load_command() {
+    case $1 in
+        ab) printf '%s\n' ab -q -r -s 30 -c "$CONCURRENCY" -n "$AB_N" "$2" ;;
+        keepalive)
+            if [[ $KEEPALIVE_TOOL == wrk ]]; then
+                printf '%s\n' wrk -t "$NPROC" -c "$CONCURRENCY" -d "${KEEPALIVE_SECS}s" --latency --timeout 10s "$2"
+            elif oha --help | grep -q -- --output-format; then
+                printf '%s\n' oha -z "${KEEPALIVE_SECS}s" -c "$CONCURRENCY" --no-tui --output-format json "$2"
+            else
+                printf '%s\n' oha -z "${KEEPALIVE_SECS}s" -c "$CONCURRENCY" --no-tui --json "$2"
+            fi ;;
+    esac
+}
+
+load_tool() { if [[ $1 == ab ]]; then echo ab; else echo "$KEEPALIVE_TOOL"; fi; }
+
+# --- one measurement ---------------------------------------------------------------------
+
+EXPECTED_BODY=$(python3 -c '
+seq = [0, 1]
+while seq[-1] < 9000:
+    seq.append(seq[-2] + seq[-1])
+print("[" + ", ".join(map(str, seq)) + "]", end="")')
+
+# Starts system $1, logging to $2; sets SERVER_PID, SAMPLER_PID, ADDR, STARTUP_MS.
+start_server() {
+    local system=$1 server_log=$2 rss_file=$3 marker=$4
+    system_command "$system"
+    local start deadline code
+    start=$(date +%s%N)
+    deadline=$((start + STARTUP_TIMEOUT_SECS * 1000000000))
+    setsid "${CMD[@]}" >"$server_log" 2>&1 </dev/null &
+    SERVER_PID=$!
+    python3 bench/harness.py rss "$SERVER_PID" "$rss_file" "$marker" &
+    SAMPLER_PID=$!
+    while :; do
+        if [[ -z $ADDR ]]; then
+            ADDR=$(grep -o -m1 'Serving HTTP on http://[^/ ]*' "$server_log" | sed 's|.*http://||' || true)
+        fi
+        if [[ -n $ADDR ]]; then
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$ADDR/9000" || true)
+            [[ $code == 200 ]] && break
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || { log "$system exited during startup; its log:"; tail -n 20 "$server_log" >&2; return 1; }
+        (($(date +%s%N) < deadline)) || { log "$system did not answer 200 within ${STARTUP_TIMEOUT_SECS}s"; return 1; }
+        sleep 0.005
+    done
+    STARTUP_MS=$((($(date +%s%N) - start) / 1000000))
+}
+
+# 1 if GET /9000 answers the API's body with the API's content type, else 0.
+check_body() {
+    local headers body
+    headers=$(mktemp)
+    body=$(curl -s --max-time 10 -D "$headers" "http://$ADDR/9000" || true)
+    if [[ $body == "$EXPECTED_BODY" ]] && grep -qi '^content-type: application/json' "$headers"; then
+        echo 1
+    else
+        echo 0
+    fi
+    rm -f "$headers"
+}
+
+FAILURES=()
+
+# Keeps the first and last 100 lines of a big server log (fibhost's access log under the
+# keep-alive load runs to tens of MB).
+trim_log() {
+    (($(stat -c %s "$1") > 1000000)) || return 0
+    { head -n 100 "$1"; echo "[… $(($(wc -l <"$1") - 200)) lines trimmed by run.sh …]"; tail -n 100 "$1"; } >"$1.trimmed"
+    mv "$1.trimmed" "$1"
+}
+
+# Measures system $2 under load $3 in round $1 and appends a line to runs.tsv.
+measure() {
+    local round=$1 system=$2 load=$3
+    local stem=$RUN_DIR/r$round-$load-$system
+    local rss_file=$stem.rss marker=$stem.loading
+    if ! start_server "$system" "$stem.server.log" "$rss_file" "$marker"; then
+        stop_server
+        FAILURES+=("failed: round $round, $load, $system: did not start (see $stem.server.log)")
+        return 0
+    fi
+    local body_ok url command
+    body_ok=$(check_body)
+    url="http://$ADDR/9000"
+    ab -q -r -s 30 -c 50 -n "$WARMUP_N" "$url" >/dev/null 2>&1 || true
+    mapfile -t command < <(load_command "$load" "$url")
+    touch "$marker"
+    if [[ $load == ab ]]; then
+        timeout -s INT "$AB_TIMEOUT_SECS" "${command[@]}" >"$stem.out" 2>&1 || true
+    else
+        timeout -s INT $((KEEPALIVE_SECS + 60)) "${command[@]}" >"$stem.out" 2>&1 || true
+    fi
+    stop_server
+    rm -f "$marker"
+    trim_log "$stem.server.log"
+
+    local values peak load_peak
+    if ! values=$(python3 bench/harness.py parse "$(load_tool "$load")" "$stem.out" 2>/dev/null); then
+        FAILURES+=("failed: round $round, $load, $system: no result from the load tool (see $stem.out)")
+        values="nan nan nan nan nan nan"
+    fi
+    read -r peak load_peak <"$rss_file" || { peak=nan load_peak=nan; }
+    local fields
+    read -r -a fields <<<"$values"
+    printf '%s\t' "$round" "$load" "$system" "${fields[@]}" "$peak" "$load_peak" "$STARTUP_MS" >>"$RUN_DIR/runs.tsv"
+    printf '%s\n' "$body_ok" >>"$RUN_DIR/runs.tsv"
+    printf '  %-18s %10.0f req/s  p50 %7.1f ms  p99 %7.1f ms  failed %-6s non-2xx %-6s RSS %6.1f MiB  start %5s ms%s\n' \
+        "$system" "${fields[0]}" "${fields[1]}" "${fields[2]}" "${fields[3]}" "${fields[4]}" \
+        "$(awk -v k="$load_peak" 'BEGIN { print k / 1024 }')" "$STARTUP_MS" \
+        "$( ((body_ok)) || echo '  BODY DIFFERS')" >&2
+}
+
+# --- the run -----------------------------------------------------------------------------
+
+rm -rf "$RUN_DIR"
+mkdir -p "$RUN_DIR"
+
+version_of() { "$@" 2>&1 | head -n 1 || true; }
+{
+    printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    printf 'commit\t%s%s\n' "$(git rev-parse --short HEAD)" "$(git diff --quiet HEAD -- host crates guests bench 2>/dev/null || echo ' + uncommitted changes')"
+    printf 'cpus\t%s\n' "$NPROC"
+    printf 'cpu_model\t%s\n' "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)"
+    printf 'kernel\t%s\n' "$(uname -r)"
+    printf 'loadavg\t%s\n' "$(cut -d ' ' -f 1-3 /proc/loadavg)"
+    printf 'rounds\t%s\n' "$ROUNDS"
+    printf 'warmup\t%s\n' "ab -c 50 -n $WARMUP_N"
+} >"$RUN_DIR/meta.tsv"
+{
+    version_of ab -V
+    version_of "$KEEPALIVE_TOOL" --version
+    version_of rustc --version
+    [[ -x $VENV/bin/uwsgi ]] && echo "uWSGI $("$VENV/bin/uwsgi" --version), Flask $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("flask"))'), $("$VENV/bin/python" --version)"
+    command -v wasmtime >/dev/null && version_of wasmtime --version
+} >"$RUN_DIR/tools.tsv"
+for system in "${SYSTEMS[@]}"; do
+    system_command "$system"
+    printf '%s\t%s\n' "$system" "${CMD[*]}"
+done >"$RUN_DIR/systems.tsv"
+for load in "${LOADS[@]}"; do
+    mapfile -t command < <(load_command "$load" "http://127.0.0.1:PORT/9000")
+    printf '%s\t%s\t%s\t%s\n' "$load" "$(load_title "$load")" "$(load_short "$load")" "${command[*]}"
+done >"$RUN_DIR/loads.tsv"
+printf '%s\n' "${NOTES[@]}" >"$RUN_DIR/notes.tsv"
+
+log "== ${#SYSTEMS[@]} systems × ${#LOADS[@]} loads × $ROUNDS round(s): ${SYSTEMS[*]}"
+for round in $(seq "$ROUNDS"); do
+    for load in "${LOADS[@]}"; do
+        log "-- round $round/$ROUNDS: $(load_title "$load")"
+        for system in "${SYSTEMS[@]}"; do
+            measure "$round" "$system" "$load"
+        done
+    done
+done
+
+if ((${#FAILURES[@]})); then
+    printf '%s\n' "${FAILURES[@]}" >>"$RUN_DIR/notes.tsv"
+fi
+python3 bench/harness.py report "$RUN_DIR" "$RESULTS/latest.md"
+log ""
+cat "$RESULTS/latest.md"
