@@ -193,6 +193,127 @@ pub struct Settings {
     )]
     #[serde(rename = "shutdown-timeout")]
     pub shutdown_timeout_secs: Option<f64>,
+
+    /// Address of the admin listener (/metrics, /stats, /healthz, /readyz, /admin/reload);
+    /// off unless set. Keep it on loopback or a private network.
+    #[arg(long, env = "FIBHOST_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Bearer token required by the admin endpoints (all but /healthz and /readyz).
+    #[arg(
+        long,
+        env = "FIBHOST_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Address of a uWSGI-style stats socket: each connection gets the stats JSON, then EOF
+    /// (for `uwsgitop ADDR`).
+    #[arg(long, env = "FIBHOST_STATS", value_name = "ADDR")]
+    pub stats: Option<SocketAddr>,
+
+    /// Set SO_REUSEPORT on the public listener so several fibhost processes can share a port.
+    #[arg(long, env = "FIBHOST_REUSE_PORT", num_args = 0..=1, default_missing_value = "true")]
+    pub reuse_port: Option<bool>,
+
+    /// Directory for compiled components, keyed by content hash and engine settings, so a
+    /// restart or a swap back to a known version does not recompile.
+    #[arg(long, env = "FIBHOST_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Watch component files and hot-swap a component when its file changes.
+    #[arg(long, env = "FIBHOST_WATCH", num_args = 0..=1, default_missing_value = "true")]
+    pub watch: Option<bool>,
+
+    /// A path (e.g. `/9000`) sent as GET to a new component version before it takes traffic;
+    /// anything but 2xx rejects the swap.
+    #[arg(long, env = "FIBHOST_WARMUP", value_name = "PATH")]
+    pub warmup: Option<String>,
+
+    /// PEM certificate chain: serve HTTPS (HTTP/2 via ALPN) instead of cleartext.
+    #[arg(
+        long,
+        env = "FIBHOST_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(
+        long,
+        env = "FIBHOST_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Components on path prefixes (`[[route]]` tables, config file only).
+    #[arg(skip)]
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteSettings>,
+}
+
+/// One `[[route]]` table: a component on a path prefix, with its own workers and limits.
+/// Keys left out take the top-level value.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Path prefix; the longest matching prefix wins.
+    pub prefix: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// Pass the path to the guest without the prefix (`/api/5` → `/5`).
+    pub strip_prefix: Option<bool>,
+    /// As the top-level key of the same name.
+    pub workers: Option<usize>,
+    /// As the top-level key of the same name.
+    pub queue: Option<usize>,
+    /// As the top-level key of the same name.
+    pub max_requests: Option<u64>,
+    /// As the top-level key of the same name.
+    #[serde(rename = "max-worker-lifetime")]
+    pub max_worker_lifetime_secs: Option<f64>,
+    /// As the top-level key of the same name.
+    pub lifetime_jitter: Option<f64>,
+    /// As the top-level key of the same name.
+    #[serde(rename = "min-worker-lifetime")]
+    pub min_worker_lifetime_secs: Option<f64>,
+    /// As the top-level key of the same name.
+    #[serde(rename = "reload-on-memory")]
+    pub reload_on_memory_mib: Option<u64>,
+    /// As the top-level key of the same name.
+    #[serde(rename = "request-timeout")]
+    pub request_timeout_secs: Option<f64>,
+    /// As the top-level key of the same name.
+    #[serde(rename = "memory-limit")]
+    pub memory_limit_mib: Option<u64>,
+    /// As the top-level key of the same name.
+    pub env: Option<Vec<String>>,
+    /// As the top-level key of the same name.
+    pub warmup: Option<String>,
+}
+
+impl RouteSettings {
+    /// This route's per-component settings as a layer over the top-level ones.
+    fn layer(&self) -> Settings {
+        Settings {
+            component: Some(self.component.clone()),
+            workers: self.workers,
+            queue: self.queue,
+            max_requests: self.max_requests,
+            max_worker_lifetime_secs: self.max_worker_lifetime_secs,
+            lifetime_jitter: self.lifetime_jitter,
+            min_worker_lifetime_secs: self.min_worker_lifetime_secs,
+            reload_on_memory_mib: self.reload_on_memory_mib,
+            request_timeout_secs: self.request_timeout_secs,
+            memory_limit_mib: self.memory_limit_mib,
+            env: self.env.clone(),
+            warmup: self.warmup.clone(),
+            ..Settings::default()
+        }
+    }
 }
 
 /// Fills `$target`'s unset fields from `$fallback`, for each field named.
@@ -236,15 +357,95 @@ impl Settings {
             lifetime_jitter, min_worker_lifetime_secs, reload_on_memory_mib,
             request_timeout_secs, memory_limit_mib, env, max_body_mib, max_header_kib,
             header_read_timeout_secs, max_connections, disable_logging, log_format,
-            shutdown_timeout_secs,
+            shutdown_timeout_secs, admin_listen, admin_token, stats, reuse_port, cache_dir, watch,
+            warmup, tls_cert, tls_key,
         );
+        if self.routes.is_empty() {
+            self.routes = fallback.routes;
+        }
         self
     }
 
     /// Applies defaults and validates every value, naming the key of any bad one.
     pub fn resolve(self) -> Result<Config> {
-        let component = self.component.context(
-            "no component to serve: pass `--component PATH` or set `component` in the config file",
+        let mut routes = Vec::new();
+        if self.component.is_some() || self.routes.is_empty() {
+            routes.push(self.resolve_route("/", false)?);
+        }
+        for route in &self.routes {
+            let prefix = route.prefix.as_str();
+            if !prefix.starts_with('/') {
+                bail!("route prefix `{prefix}` must start with `/`");
+            }
+            let layered = route.layer().or(self.clone());
+            let resolved = layered
+                .resolve_route(prefix, route.strip_prefix.unwrap_or(false))
+                .with_context(|| format!("in the route `{prefix}`"))?;
+            let normalized = |p: &str| p.trim_end_matches('/').to_string();
+            if routes
+                .iter()
+                .any(|r: &RouteConfig| normalized(&r.prefix) == normalized(prefix))
+            {
+                bail!(
+                    "two components are mounted on the prefix `{prefix}`; each prefix takes one \
+                     (the top-level `component` is mounted on `/`)"
+                );
+            }
+            routes.push(resolved);
+        }
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            bail!("`max-connections` must be at least 1");
+        }
+        let max_header_kib = self.max_header_kib.unwrap_or(DEFAULT_MAX_HEADER_KIB);
+        if !(1..=1024).contains(&max_header_kib) {
+            bail!("`max-header-size` must be between 1 and 1024 KiB, got {max_header_kib}");
+        }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => bail!("`tls-cert` and `tls-key` go together: set both or neither"),
+        };
+        if self.admin_token.as_deref().is_some_and(str::is_empty) {
+            bail!("`admin-token` is empty; leave it unset to disable the token");
+        }
+        Ok(Config {
+            listen: self
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
+            routes,
+            limits: HttpLimits {
+                max_body_bytes: self.max_body_mib.unwrap_or(DEFAULT_MAX_BODY_MIB) * MIB,
+                max_header_bytes: (max_header_kib * 1024) as usize,
+                header_read_timeout: required_secs(
+                    "header-read-timeout",
+                    self.header_read_timeout_secs
+                        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS as f64),
+                )?,
+                max_connections,
+            },
+            access_log: !self.disable_logging.unwrap_or(false),
+            log_format: self.log_format.unwrap_or_default(),
+            shutdown_timeout: required_secs(
+                "shutdown-timeout",
+                self.shutdown_timeout_secs
+                    .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS as f64),
+            )?,
+            admin_listen: self.admin_listen,
+            admin_token: self.admin_token,
+            stats_listen: self.stats,
+            reuse_port: self.reuse_port.unwrap_or(false),
+            cache_dir: self.cache_dir,
+            watch: self.watch.unwrap_or(false),
+            tls,
+        })
+    }
+
+    /// Resolves the per-component settings for the component mounted at `prefix`.
+    fn resolve_route(&self, prefix: &str, strip_prefix: bool) -> Result<RouteConfig> {
+        let component = self.component.clone().context(
+            "no component to serve: pass `--component PATH`, or set `component` or `[[route]]` \
+             tables in the config file",
         )?;
         let workers = self.workers.unwrap_or_else(default_workers);
         if workers == 0 || workers > MAX_WORKERS {
@@ -258,7 +459,12 @@ impl Settings {
         if memory_limit_mib == 0 || memory_limit_mib > 4096 {
             bail!("`memory-limit` must be between 1 and 4096 MiB, got {memory_limit_mib}");
         }
-        let env = resolve_env(self.env.unwrap_or_default())?;
+        if let Some(warmup) = &self.warmup
+            && !warmup.starts_with('/')
+        {
+            bail!("`warmup` must be a path starting with `/`, got `{warmup}`");
+        }
+        let env = resolve_env(self.env.clone().unwrap_or_default())?;
         let lifecycle = Lifecycle {
             max_requests: self.max_requests.unwrap_or(0),
             max_lifetime: optional_secs("max-worker-lifetime", self.max_worker_lifetime_secs)?,
@@ -278,44 +484,15 @@ impl Settings {
             )?,
             memory_limit_bytes: memory_limit_mib * MIB,
         };
-        let route = RouteConfig {
-            prefix: "/".to_string(),
+        Ok(RouteConfig {
+            prefix: prefix.to_string(),
+            strip_prefix,
             component,
             workers,
             queue: self.queue.unwrap_or(DEFAULT_QUEUE),
             lifecycle,
             env,
-        };
-        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            bail!("`max-connections` must be at least 1");
-        }
-        let max_header_kib = self.max_header_kib.unwrap_or(DEFAULT_MAX_HEADER_KIB);
-        if !(1..=1024).contains(&max_header_kib) {
-            bail!("`max-header-size` must be between 1 and 1024 KiB, got {max_header_kib}");
-        }
-        Ok(Config {
-            listen: self
-                .listen
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
-            routes: vec![route],
-            limits: HttpLimits {
-                max_body_bytes: self.max_body_mib.unwrap_or(DEFAULT_MAX_BODY_MIB) * MIB,
-                max_header_bytes: (max_header_kib * 1024) as usize,
-                header_read_timeout: required_secs(
-                    "header-read-timeout",
-                    self.header_read_timeout_secs
-                        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS as f64),
-                )?,
-                max_connections,
-            },
-            access_log: !self.disable_logging.unwrap_or(false),
-            log_format: self.log_format.unwrap_or_default(),
-            shutdown_timeout: required_secs(
-                "shutdown-timeout",
-                self.shutdown_timeout_secs
-                    .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS as f64),
-            )?,
+            warmup: self.warmup.clone(),
         })
     }
 }
@@ -395,6 +572,29 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Bound on the drain after a shutdown signal.
     pub shutdown_timeout: Duration,
+    /// Admin listener address, if enabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin endpoints require, if set.
+    pub admin_token: Option<String>,
+    /// uWSGI-style stats socket address, if enabled.
+    pub stats_listen: Option<SocketAddr>,
+    /// SO_REUSEPORT on the public listener.
+    pub reuse_port: bool,
+    /// Compiled-component cache directory.
+    pub cache_dir: Option<PathBuf>,
+    /// Hot-swap components when their files change.
+    pub watch: bool,
+    /// Serve HTTPS with these PEM files.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate chain and key of the HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// One component and the path prefix it serves.
@@ -402,6 +602,8 @@ pub struct Config {
 pub struct RouteConfig {
     /// Path prefix, `/` for the single-component form.
     pub prefix: String,
+    /// Whether the guest sees the path without the prefix.
+    pub strip_prefix: bool,
     /// The component file.
     pub component: PathBuf,
     /// Instances serving in parallel.
@@ -412,6 +614,8 @@ pub struct RouteConfig {
     pub lifecycle: Lifecycle,
     /// Environment variables the guest sees.
     pub env: Vec<(String, String)>,
+    /// Path requested from a new version before it takes traffic.
+    pub warmup: Option<String>,
 }
 
 /// Recycling limits and per-request limits of one component's instances.
@@ -519,7 +723,9 @@ mod tests {
         settings(text).resolve().unwrap();
         // Every key is documented there (commented out or set).
         for key in serde_aux::serde_introspection::serde_introspect::<Settings>() {
-            assert!(text.contains(&format!("{key} =")), "examples/fibhost.toml lacks `{key}`");
+            let documented =
+                text.contains(&format!("{key} =")) || text.contains(&format!("[[{key}]]"));
+            assert!(documented, "examples/fibhost.toml lacks `{key}`");
         }
     }
 

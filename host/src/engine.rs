@@ -16,6 +16,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::cache::Cache;
 use crate::guest::GuestState;
 
 /// How often the epoch advances. A running guest yields to the scheduler at every tick, so
@@ -76,7 +77,7 @@ pub fn start_epoch_ticker(engine: &Engine) {
 /// The linker with every interface a guest may import: the `wasi:http/proxy` world plus the
 /// `wasi:cli` interfaces (environment, exit, stdio…) that a Rust `std` guest imports.
 /// Filesystem and sockets are linked but grant nothing: no preopens, no allowed addresses.
-pub fn new_linker(engine: &Engine) -> Result<Linker<GuestState>> {
+fn new_linker(engine: &Engine) -> Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
@@ -116,24 +117,55 @@ impl fmt::Display for VersionId {
     }
 }
 
-/// Reads, compiles and checks the component at `path`.
-pub fn load(engine: &Engine, linker: &Linker<GuestState>, path: &Path) -> Result<Version> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read component `{}`", path.display()))?;
-    check_is_component(path, &bytes)?;
-    let sha256 = hex(&Sha256::digest(&bytes));
-    let component = Component::new(engine, &bytes)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("`{}` is not a valid WebAssembly component", path.display()))?;
-    let version = pre_instantiate(linker, &component, path)?;
-    Ok(Version {
-        id: Arc::new(VersionId {
-            path: path.to_path_buf(),
-            sha256,
-            loaded_at: SystemTime::now(),
-        }),
-        pre: version,
-    })
+/// Compiles and checks components: the engine, the linker and the optional on-disk cache of
+/// compiled artifacts.
+#[derive(Clone)]
+pub struct Loader {
+    engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+    cache: Option<Cache>,
+}
+
+impl Loader {
+    /// A loader over `engine`, caching compiled components in `cache_dir` when given.
+    pub fn new(engine: Engine, cache_dir: Option<&Path>) -> Result<Loader> {
+        let linker = Arc::new(new_linker(&engine)?);
+        let cache = cache_dir.map(|dir| Cache::open(dir, &engine)).transpose()?;
+        Ok(Loader {
+            engine,
+            linker,
+            cache,
+        })
+    }
+
+    /// Reads, compiles (or fetches from the cache) and checks the component at `path`.
+    /// CPU-heavy: call it off the request path (`spawn_blocking` once serving).
+    pub fn load(&self, path: &Path) -> Result<Version> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read component `{}`", path.display()))?;
+        check_is_component(path, &bytes)?;
+        let sha256 = sha256_hex(&bytes);
+        let compile = || {
+            Component::new(&self.engine, &bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| {
+                    format!("`{}` is not a valid WebAssembly component", path.display())
+                })
+        };
+        let component = match &self.cache {
+            Some(cache) => cache.get_or_compile(&self.engine, &sha256, path, compile)?,
+            None => compile()?,
+        };
+        let pre = pre_instantiate(&self.linker, &component, path)?;
+        Ok(Version {
+            id: Arc::new(VersionId {
+                path: path.to_path_buf(),
+                sha256,
+                loaded_at: SystemTime::now(),
+            }),
+            pre,
+        })
+    }
 }
 
 fn pre_instantiate(
@@ -180,6 +212,11 @@ fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The SHA-256 of `bytes` in lowercase hex: a version's identity.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -137,6 +137,26 @@ pub struct InstanceSpec {
     pub route: Arc<str>,
 }
 
+impl InstanceSpec {
+    /// The spec of the instances of `route`'s component.
+    pub fn for_route(route: &crate::config::RouteConfig) -> InstanceSpec {
+        InstanceSpec {
+            env: route.env.clone(),
+            memory_limit_bytes: route.lifecycle.memory_limit_bytes,
+            request_timeout: route.lifecycle.request_timeout,
+            route: Arc::from(route.prefix.as_str()),
+        }
+    }
+}
+
+/// Instances alive in the process: each holds a pooling-allocator slot.
+static LIVE_INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many guest instances are alive (serving, spare or retiring).
+pub fn live_instances() -> usize {
+    LIVE_INSTANCES.load(Ordering::Relaxed)
+}
+
 /// A live guest instance.
 pub struct Instance {
     store: Store<GuestState>,
@@ -191,6 +211,7 @@ impl Instance {
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         store.set_epoch_deadline(1);
         let proxy = version.pre.instantiate_async(&mut store).await?;
+        LIVE_INSTANCES.fetch_add(1, Ordering::Relaxed);
         Ok(Instance {
             store,
             proxy,
@@ -274,6 +295,12 @@ impl Instance {
                 Served::Trapped(reason)
             }
         }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        LIVE_INSTANCES.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

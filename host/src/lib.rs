@@ -6,48 +6,90 @@
 //!
 //! # Layout
 //! - [`config`]: defaults, config file and command line merged into one validated [`Config`].
-//! - [`engine`]: the wasmtime engine, and loading a component file into a checked version.
+//! - [`engine`]: the wasmtime engine, and the loader that turns a component file into a
+//!   checked, pre-instantiated version.
 //! - [`guest`]: one guest instance: its store, its limits, serving one request.
 //! - [`pool`]: the workers of one component: queue, recycling, make-before-break, hot swap.
 //! - [`server`]: the listener, routing, access log and graceful drain.
 //! - [`error`]: every host-side failure and the one place it becomes an HTTP response.
 //! - [`logging`]: the process log (text or JSON) behind a non-blocking writer.
-//! - [`signals`]: SIGTERM/SIGINT as a shutdown future.
+//! - [`signals`]: SIGTERM/SIGINT as a shutdown future, SIGHUP as a stream of reloads.
+//! - [`swap`]: hot swap: reload a route's component (admin call, SIGHUP, file watch), warm-up.
+//! - [`cache`]: the on-disk cache of compiled components.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`admin`]: the admin listener (/metrics, /stats, /healthz, /readyz, /admin/reload) and
+//!   the uWSGI-style stats socket.
+//! - [`tls`]: HTTPS: rustls configuration from PEM files, reloadable.
 //!
 //! [`App::build`] does all fallible, expensive work (compile, check, instantiate) before the
 //! binary binds its port; [`server::serve`] then runs on the bound listener.
 
+pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod guest;
 pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod signals;
+pub mod swap;
+pub mod tls;
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 pub use config::Config;
 use config::HttpLimits;
+use engine::Loader;
+use metrics::{Metrics, RouteMetrics, SwapCounters};
 use pool::Pool;
 
-/// Everything the server needs to answer requests: the component pools, by route.
+/// One mounted component: its prefix, its pool and its request metrics.
+pub struct Route {
+    /// Path prefix (`/` for the single-component form).
+    pub prefix: String,
+    /// Whether the guest sees the path without the prefix.
+    pub strip_prefix: bool,
+    /// The workers.
+    pub pool: Pool,
+    /// Request-path metric handles.
+    pub metrics: RouteMetrics,
+    /// The file the running version came from (a swap may name another).
+    pub component: Mutex<PathBuf>,
+    /// Path requested from a new version before it takes traffic.
+    pub warmup: Option<String>,
+}
+
+/// Everything the server needs to answer requests: the component pools by route, the loader
+/// for hot swaps, metrics and limits.
 pub struct App {
-    /// Pools ordered by descending prefix length, so the first match is the longest.
-    routes: Vec<Pool>,
+    /// Routes ordered by descending prefix length, so the first match is the longest.
+    routes: Vec<Route>,
+    /// Compiles and checks components (hot swaps use it off the request path).
+    pub loader: Loader,
     /// Limits on client input.
     pub limits: HttpLimits,
     /// Whether each request is logged.
     pub access_log: bool,
     /// Bound on the drain after a shutdown signal.
     pub shutdown_timeout: Duration,
-    /// Set once shutdown begins: responses then carry `Connection: close`.
+    /// Set once shutdown begins: readiness turns 503, responses carry `Connection: close`.
     pub draining: AtomicBool,
+    /// The Prometheus registry.
+    pub metrics: Metrics,
+    /// Metrics for requests that matched no route.
+    pub unrouted: RouteMetrics,
+    /// Swap outcomes, per route.
+    pub swaps: Arc<SwapCounters>,
+    /// Longest a swap waits for busy workers to move to the new version before reporting.
+    pub swap_drain_wait: Duration,
 }
 
 impl App {
@@ -63,54 +105,78 @@ impl App {
             .unwrap_or(0);
         let engine = engine::new_engine(workers, max_memory)?;
         engine::start_epoch_ticker(&engine);
-        let linker = engine::new_linker(&engine)?;
+        let loader = Loader::new(engine, config.cache_dir.as_deref())?;
+        let mut metrics = Metrics::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let version = engine::load(&engine, &linker, &route.component)?;
+            let version = loader.load(&route.component)?;
+            if let Some(path) = &route.warmup {
+                let spec = guest::InstanceSpec::for_route(route);
+                swap::warm_up(&version, &spec, path)
+                    .await
+                    .with_context(|| {
+                        format!("the component for `{}` failed its warm-up", route.prefix)
+                    })?;
+            }
             tracing::info!(
                 route = %route.prefix,
                 version = %version.id,
                 workers = route.workers,
                 "component loaded"
             );
-            let pool = Pool::start(
-                &route.prefix,
-                version,
-                route.workers,
-                route.queue,
-                route.lifecycle.clone(),
-                route.env.clone(),
-            )
-            .await?;
-            routes.push(pool);
+            let pool = Pool::start(route, version).await?;
+            routes.push(Route {
+                prefix: route.prefix.clone(),
+                strip_prefix: route.strip_prefix,
+                metrics: metrics.route(&route.prefix),
+                pool,
+                component: Mutex::new(route.component.clone()),
+                warmup: route.warmup.clone(),
+            });
         }
-        routes.sort_by_key(|p| std::cmp::Reverse(p.route().len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.trim_end_matches('/').len()));
+        let swaps = Arc::new(SwapCounters::default());
+        metrics.register_pools(
+            routes.iter().map(|r| r.pool.clone()).collect(),
+            swaps.clone(),
+        );
+        let swap_drain_wait = config
+            .routes
+            .iter()
+            .filter_map(|r| r.lifecycle.request_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(60));
         Ok(Arc::new(App {
             routes,
+            loader,
             limits: config.limits.clone(),
             access_log: config.access_log,
             shutdown_timeout: config.shutdown_timeout,
             draining: AtomicBool::new(false),
+            unrouted: metrics.route(""),
+            metrics,
+            swaps,
+            swap_drain_wait,
         }))
     }
 
-    /// The pool whose prefix is the longest match for `path`: a prefix matches the path
+    /// The route whose prefix is the longest match for `path`: a prefix matches the path
     /// itself and anything below it (`/api` matches `/api` and `/api/x`, not `/apix`).
-    pub fn route(&self, path: &str) -> Option<&Pool> {
+    pub fn route(&self, path: &str) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|pool| prefix_matches(pool.route(), path))
+            .find(|route| prefix_matches(&route.prefix, path))
     }
 
-    /// All pools, longest prefix first.
-    pub fn pools(&self) -> &[Pool] {
+    /// All routes, longest prefix first.
+    pub fn routes(&self) -> &[Route] {
         &self.routes
     }
 
     /// Stops every pool's workers once their queues are empty.
     pub fn close(&self) {
-        for pool in &self.routes {
-            pool.close();
+        for route in &self.routes {
+            route.pool.close();
         }
     }
 }

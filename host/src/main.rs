@@ -2,17 +2,18 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use fibhost::config::Settings;
-use fibhost::{App, Config, server, signals};
+use fibhost::{App, Config, admin, server, signals, swap, tls::Tls};
 
-/// A WebAssembly application server: serves a wasi:http component with N recycled workers.
-#[derive(Parser)]
+/// A WebAssembly application server: serves wasi:http components with N recycled workers.
+#[derive(Parser, Clone)]
 #[command(version, about)]
 struct Cli {
-    /// TOML config file; command-line options override its keys.
+    /// TOML config file; command-line options override its keys. SIGHUP re-reads it.
     #[arg(long, env = "FIBHOST_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
 
@@ -22,7 +23,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load_config(cli) {
+    let config = match load_config(&cli) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("fibhost: error: {e:#}");
@@ -34,7 +35,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a runtime builds unless the process is out of threads or memory");
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -44,25 +45,65 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(cli: Cli) -> Result<Config> {
+/// The command line layered over the config file (re-read on SIGHUP).
+fn load_config(cli: &Cli) -> Result<Config> {
     let settings = match &cli.config {
-        Some(path) => cli.settings.or(Settings::from_file(path)?),
-        None => cli.settings,
+        Some(path) => cli.settings.clone().or(Settings::from_file(path)?),
+        None => cli.settings.clone(),
     };
     settings.resolve()
 }
 
-async fn run(config: Config) -> Result<()> {
+async fn run(cli: Cli, config: Config) -> Result<()> {
+    // Everything that can fail about the components, the certificate and the addresses
+    // fails here, before the public port takes a single connection.
     let app = App::build(&config).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on `{}`; is it in use? pick another with --listen",
-                config.listen
-            )
-        })?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(Tls::load)
+        .transpose()?
+        .map(Arc::new);
+    let listener = server::bind(config.listen, config.reuse_port)?;
     let addr = listener.local_addr()?;
-    tracing::info!("Serving HTTP on http://{addr}/");
-    server::serve(listener, app, signals::shutdown()).await
+    if let Some(admin_addr) = config.admin_listen {
+        let admin = server::bind(admin_addr, false).context("cannot bind the admin listener")?;
+        tracing::info!("Admin listening on http://{}/", admin.local_addr()?);
+        tokio::spawn(admin::serve(
+            admin,
+            app.clone(),
+            config.admin_token.clone(),
+            addr,
+        ));
+    }
+    if let Some(stats_addr) = config.stats_listen {
+        let stats = server::bind(stats_addr, false).context("cannot bind the stats socket")?;
+        tracing::info!("Stats socket on {}", stats.local_addr()?);
+        tokio::spawn(admin::serve_stats_socket(stats, app.clone(), addr));
+    }
+    let _watcher = config.watch.then(|| swap::watch(app.clone())).transpose()?;
+    tokio::spawn({
+        let (app, tls) = (app.clone(), tls.clone());
+        async move {
+            let mut hangups = signals::hangups();
+            while hangups.recv().await.is_some() {
+                tracing::info!(
+                    signal = "SIGHUP",
+                    "reloading the configuration and components"
+                );
+                if let Some(tls) = &tls
+                    && let Err(e) = tls.reload()
+                {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "SIGHUP: keeping the current TLS certificate"
+                    );
+                }
+                swap::on_sighup(&app, &|| load_config(&cli)).await;
+            }
+        }
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("Serving {} on {scheme}://{addr}/", scheme.to_uppercase());
+    server::serve(listener, app, tls, signals::shutdown()).await
 }

@@ -28,7 +28,7 @@ use anyhow::{Context as _, Result};
 use tokio::sync::{Notify, oneshot, watch};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::config::Lifecycle;
+use crate::config::{Lifecycle, RouteConfig};
 use crate::engine::{Version, VersionId};
 use crate::error::ServeError;
 use crate::guest::{GuestRequest, GuestResponse, Instance, InstanceSpec, Served};
@@ -128,6 +128,10 @@ pub struct WorkerStats {
     pub busy_micros: AtomicU64,
     /// Requests that ended in a trap or timeout.
     pub failures: AtomicU64,
+    /// Requests interrupted by the request timeout (uWSGI's `harakiri_count`).
+    pub timeouts: AtomicU64,
+    /// Response body bytes sent for requests this worker served.
+    pub tx_bytes: AtomicU64,
 }
 
 /// Live counters of one component's pool.
@@ -193,22 +197,13 @@ pub struct SwapReport {
 }
 
 impl Pool {
-    /// Creates the pool and all its instances (one per worker plus spares), then starts the
-    /// workers. Fails if the component cannot be instantiated, before any port is bound.
-    pub async fn start(
-        route: &str,
-        version: Version,
-        workers: usize,
-        queue: usize,
-        lifecycle: Lifecycle,
-        env: Vec<(String, String)>,
-    ) -> Result<Pool> {
-        let spec = InstanceSpec {
-            env,
-            memory_limit_bytes: lifecycle.memory_limit_bytes,
-            request_timeout: lifecycle.request_timeout,
-            route: Arc::from(route),
-        };
+    /// Creates the pool and all its instances (one per worker), then starts the workers and
+    /// the spare spawner. Fails if the component cannot be instantiated, before any port is
+    /// bound.
+    pub async fn start(config: &RouteConfig, version: Version) -> Result<Pool> {
+        let (route, workers, queue) = (config.prefix.as_str(), config.workers, config.queue);
+        let lifecycle = config.lifecycle.clone();
+        let spec = InstanceSpec::for_route(config);
         let generation = Arc::new(
             Generation::prepare(version, &spec, workers + STEADY_SPARES, workers)
                 .await
@@ -248,6 +243,16 @@ impl Pool {
     /// The route prefix this pool serves.
     pub fn route(&self) -> &str {
         &self.inner.route
+    }
+
+    /// What its instances are created with.
+    pub fn spec(&self) -> &InstanceSpec {
+        &self.inner.spec
+    }
+
+    /// Its recycling limits.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.inner.lifecycle
     }
 
     /// Number of workers.
@@ -530,6 +535,9 @@ impl Inner {
                     Some(Recycle::Timeout)
                 }
             };
+            if reason == Some(Recycle::Timeout) {
+                stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
             if matches!(reason, Some(Recycle::Trap | Recycle::Timeout)) {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 job.trace.failed.store(true, Ordering::Release);
@@ -645,7 +653,8 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

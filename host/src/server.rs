@@ -25,9 +25,15 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::App;
+use std::net::SocketAddr;
+
+use hyper_util::server::graceful::Watcher;
+
 use crate::error::ServeError;
-use crate::pool::JobTrace;
+use crate::metrics::{InFlight, RouteMetrics};
+use crate::pool::{JobTrace, PoolStats};
+use crate::tls::Tls;
+use crate::{App, Route};
 
 /// The body of every response fibhost sends: a guest's streamed body or an error document.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
@@ -41,6 +47,29 @@ pub struct BodyError(String);
 /// Most concurrent HTTP/2 streams per connection: like a connection, each holds a queue slot.
 const MAX_H2_STREAMS: u32 = 128;
 
+/// Binds a listening socket, with SO_REUSEPORT when asked (several fibhost processes then
+/// share the port; the kernel spreads connections among them).
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    let hint = || format!("cannot listen on `{addr}`; is it in use? pick another with --listen");
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into()).with_context(hint)?;
+    socket.listen(LISTEN_BACKLOG).with_context(hint)?;
+    TcpListener::from_std(socket.into()).with_context(hint)
+}
+
+/// The kernel accept backlog: a burst like `ab -c 500` must not see refused connections.
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// Accepts connections on `listener` and serves `app` until `shutdown` resolves, then drains:
 /// connections already in the accept backlog are still served (one request each), keep-alive
 /// connections are closed after their current request, and in-flight requests get up to
@@ -48,6 +77,7 @@ const MAX_H2_STREAMS: u32 = 128;
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let connections = Arc::new(Semaphore::new(app.limits.max_connections));
@@ -80,22 +110,21 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service(app, peer))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (app, builder, tls, watcher) = (
+            app.clone(),
+            builder.clone(),
+            tls.clone(),
+            graceful.watcher(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-            }
+            serve_connection(stream, peer, app, builder, tls, Some(watcher)).await;
             drop(permit);
         });
     }
 
     tracing::info!("shutting down: no longer accepting connections");
     app.draining.store(true, Ordering::Release);
-    let backlog = serve_backlog(listener, &app);
+    let backlog = serve_backlog(listener, &app, tls);
     let drained = async {
         tokio::join!(graceful.shutdown(), async {
             let mut backlog = backlog;
@@ -115,7 +144,7 @@ pub async fn serve(
 
 /// Serves the connections that were already waiting in the kernel's accept backlog when the
 /// shutdown began: their clients connected before we stopped, so they get an answer.
-fn serve_backlog(listener: TcpListener, app: &Arc<App>) -> JoinSet<()> {
+fn serve_backlog(listener: TcpListener, app: &Arc<App>, tls: Option<Arc<Tls>>) -> JoinSet<()> {
     let mut set = JoinSet::new();
     let Ok(std_listener) = listener.into_std() else {
         return set;
@@ -127,16 +156,75 @@ fn serve_backlog(listener: TcpListener, app: &Arc<App>) -> JoinSet<()> {
         let Ok(stream) = TcpStream::from_std(stream) else {
             continue;
         };
-        let app = app.clone();
-        let builder = builder.clone();
-        set.spawn(async move {
-            let connection = builder.serve_connection(TokioIo::new(stream), service(app, peer));
-            if let Err(e) = connection.await {
-                tracing::debug!(peer = %peer, error = %e, "backlog connection ended with an error");
-            }
-        });
+        let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
+        set.spawn(serve_connection(stream, peer, app, builder, tls, None));
     }
     set
+}
+
+/// Serves one connection, after the TLS handshake when HTTPS is on. `graceful` is the
+/// drain watcher; backlog connections served during the drain have none.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<Arc<Tls>>,
+    graceful: Option<Watcher>,
+) {
+    let result = match tls {
+        None => {
+            serve_io(
+                TokioIo::new(stream),
+                &builder,
+                service(app, peer, Scheme::Http),
+                graceful,
+            )
+            .await
+        }
+        Some(tls) => match tls.acceptor().accept(stream).await {
+            Ok(stream) => {
+                serve_io(
+                    TokioIo::new(stream),
+                    &builder,
+                    service(app, peer, Scheme::Https),
+                    graceful,
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+        },
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+async fn serve_io<I, S>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    graceful: Option<Watcher>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ResponseBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = builder.serve_connection(io, service);
+    match graceful {
+        Some(watcher) => watcher.watch(connection.into_owned()).await,
+        None => connection.await,
+    }
 }
 
 fn connection_builder(app: &App, keep_alive: bool) -> auto::Builder<TokioExecutor> {
@@ -159,7 +247,8 @@ fn connection_builder(app: &App, keep_alive: bool) -> auto::Builder<TokioExecuto
 
 fn service(
     app: Arc<App>,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
+    scheme: Scheme,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<ResponseBody>,
@@ -167,16 +256,17 @@ fn service(
     Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |request| {
-        let app = app.clone();
-        async move { Ok(handle(app, request, peer).await) }
+        let (app, scheme) = (app.clone(), scheme.clone());
+        async move { Ok(handle(app, request, peer, scheme).await) }
     })
 }
 
-/// Serves one request: route, limits, dispatch to a worker, access record.
+/// Serves one request: route, limits, dispatch to a worker, metrics and access record.
 async fn handle(
     app: Arc<App>,
     request: Request<Incoming>,
-    _peer: std::net::SocketAddr,
+    _peer: SocketAddr,
+    scheme: Scheme,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let record = app.access_log.then(|| AccessRecord {
@@ -185,17 +275,21 @@ async fn handle(
             .uri()
             .path_and_query()
             .map_or_else(|| "/".into(), |p| p.to_string()),
-        status: 0,
-        started,
     });
-    let (response, trace) = match dispatch(&app, request).await {
+    let route = app.route(request.uri().path());
+    let metrics = route.map_or(&app.unrouted, |r| &r.metrics);
+    let in_flight = metrics.in_flight();
+    let (response, trace) = match dispatch(&app, route, request, scheme).await {
         Ok((response, trace)) => (
             response.map(|body| body.map_err(guest_body_error).boxed_unsync()),
             Some(trace),
         ),
         Err((error, trace)) => {
             if error.status().is_server_error() {
-                tracing::warn!(error = %error, worker = trace.as_ref().map_or(0, |t| t.worker.load(Ordering::Relaxed)), "request failed");
+                let worker = trace
+                    .as_ref()
+                    .map_or(0, |t| t.worker.load(Ordering::Relaxed));
+                tracing::warn!(error = %error, worker, "request failed");
             }
             let response = error.to_response::<Full<Bytes>>();
             (
@@ -205,7 +299,7 @@ async fn handle(
         }
     };
     let (mut parts, body) = response.into_parts();
-    if app.draining.load(Ordering::Acquire) {
+    if app.draining.load(Ordering::Acquire) && parts.version < http::Version::HTTP_2 {
         parts.headers.insert(
             header::CONNECTION,
             header::HeaderValue::from_static("close"),
@@ -215,10 +309,12 @@ async fn handle(
         inner: body,
         trace,
         bytes: 0,
-        record: record.map(|r| AccessRecord {
-            status: parts.status.as_u16(),
-            ..r
-        }),
+        status: parts.status.as_u16(),
+        started,
+        record,
+        metrics: metrics.clone(),
+        pool: route.map(|r| r.pool.stats().clone()),
+        _in_flight: in_flight,
     };
     Response::from_parts(parts, body.boxed_unsync())
 }
@@ -226,10 +322,14 @@ async fn handle(
 type DispatchResult =
     Result<(crate::guest::GuestResponse, Arc<JobTrace>), (ServeError, Option<Arc<JobTrace>>)>;
 
-async fn dispatch(app: &App, request: Request<Incoming>) -> DispatchResult {
-    let path = request.uri().path();
-    let Some(pool) = app.route(path) else {
-        return Err((ServeError::NoRoute(path.to_string()), None));
+async fn dispatch(
+    app: &App,
+    route: Option<&Route>,
+    mut request: Request<Incoming>,
+    scheme: Scheme,
+) -> DispatchResult {
+    let Some(route) = route else {
+        return Err((ServeError::NoRoute(request.uri().path().to_string()), None));
     };
     let limit = app.limits.max_body_bytes;
     let declared = request
@@ -240,6 +340,9 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> DispatchResult {
     if let Some(declared) = declared.filter(|&d| d > limit) {
         return Err((ServeError::BodyTooLarge { declared, limit }, None));
     }
+    if route.strip_prefix {
+        strip_prefix(&mut request, &route.prefix);
+    }
     // A chunked body has no declared size: cap it as it streams.
     let request = request.map(|body| {
         Limited::new(body, limit as usize)
@@ -249,9 +352,34 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> DispatchResult {
             })
             .boxed_unsync()
     });
-    pool.dispatch(request, Scheme::Http)
+    route
+        .pool
+        .dispatch(request, scheme)
         .await
         .map_err(|(e, trace)| (e, Some(trace)))
+}
+
+/// Rewrites `/api/5?x` to `/5?x` for a route mounted on `/api` with `strip-prefix`.
+fn strip_prefix<B>(request: &mut Request<B>, prefix: &str) {
+    let prefix = prefix.trim_end_matches('/');
+    let Some(pq) = request.uri().path_and_query() else {
+        return;
+    };
+    let Some(rest) = pq.as_str().strip_prefix(prefix) else {
+        return;
+    };
+    let rest = if rest.is_empty() || rest.starts_with('?') {
+        format!("/{rest}")
+    } else {
+        rest.to_string()
+    };
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(pq) = rest.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
 }
 
 fn guest_body_error(e: wasmtime_wasi_http::Error) -> BodyError {
@@ -262,8 +390,6 @@ fn guest_body_error(e: wasmtime_wasi_http::Error) -> BodyError {
 struct AccessRecord {
     method: String,
     target: String,
-    status: u16,
-    started: Instant,
 }
 
 /// Wraps a response body to count its bytes, turn a body cut short by a failed guest into an
@@ -272,7 +398,13 @@ struct TracedBody {
     inner: ResponseBody,
     trace: Option<Arc<JobTrace>>,
     bytes: u64,
+    status: u16,
+    started: Instant,
     record: Option<AccessRecord>,
+    metrics: RouteMetrics,
+    /// The serving pool's counters, for the worker's `tx` bytes.
+    pool: Option<Arc<PoolStats>>,
+    _in_flight: InFlight,
 }
 
 impl Body for TracedBody {
@@ -316,18 +448,26 @@ impl Body for TracedBody {
 
 impl Drop for TracedBody {
     fn drop(&mut self) {
+        self.metrics.observe(self.status, self.started);
+        let worker = self
+            .trace
+            .as_ref()
+            .map_or(0, |t| t.worker.load(Ordering::Relaxed));
+        if let Some(stats) = self
+            .pool
+            .as_ref()
+            .and_then(|p| p.workers.get(worker.wrapping_sub(1)))
+        {
+            stats.tx_bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        }
         if let Some(record) = &self.record {
-            let worker = self
-                .trace
-                .as_ref()
-                .map_or(0, |t| t.worker.load(Ordering::Relaxed));
             tracing::info!(
                 target: "fibhost::access",
                 method = %record.method,
                 path = %record.target,
-                status = record.status,
+                status = self.status,
                 bytes = self.bytes,
-                duration_us = record.started.elapsed().as_micros() as u64,
+                duration_us = self.started.elapsed().as_micros() as u64,
                 worker,
             );
         }

@@ -1,5 +1,5 @@
-//! Process signals as futures: SIGTERM and SIGINT begin a graceful shutdown; a second SIGINT
-//! exits at once (an operator pressing Ctrl-C twice means it).
+//! Process signals: SIGTERM and SIGINT begin a graceful shutdown; a second SIGINT exits at
+//! once (an operator pressing Ctrl-C twice means it); SIGHUP asks for a reload.
 
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -26,4 +26,23 @@ pub async fn shutdown() {
             std::process::exit(EXIT_INTERRUPTED);
         }
     });
+}
+
+/// A stream of SIGHUPs: each `recv` resolves on the next one.
+pub fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    // A reload already pending covers this one too.
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload with the admin API")
+        }
+    }
+    rx
 }

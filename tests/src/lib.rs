@@ -201,8 +201,11 @@ impl Drop for Server {
     }
 }
 
+/// Reads the address from `Serving HTTP on http://ADDR/` (or the HTTPS form).
 fn parse_startup_line(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("Serving HTTP on http://")? + "Serving HTTP on http://".len()..];
+    let start = line.find("Serving HTTP")?;
+    let rest = &line[start..];
+    let rest = &rest[rest.find("://")? + 3..];
     rest.split('/').next()?.parse().ok()
 }
 
