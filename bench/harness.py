@@ -5,8 +5,8 @@ Subcommands:
   rss SID OUT MARKER       sample the summed RSS of every process in session SID every 50 ms
                            until SIGTERM, then write "PEAK_KIB PEAK_SINCE_MARKER_KIB" to OUT
                            (the second counts only samples taken after file MARKER exists)
-  parse ab|wrk|oha FILE    print "RPS P50_MS P99_MS FAILED NON2XX COMPLETED" from a load
-                           tool's output
+  parse ab|wrk|oha FILE    print "RPS P50_MS P99_MS FAILED NON2XX COMPLETED KINDS" from a load
+                           tool's output (KINDS: which failures, e.g. "read", or "-")
   report RUN_DIR OUT       aggregate the runs run.sh recorded in RUN_DIR (runs.tsv, meta.tsv,
                            systems.tsv, loads.tsv, notes.tsv, tools.tsv) into Markdown,
                            medians over rounds
@@ -79,6 +79,14 @@ def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
+def failure_kinds(names, match):
+    """The kinds of failure that occurred, e.g. "read" or "connect,timeout"; "-" if none."""
+    if not match:
+        return "-"
+    kinds = [name for name, count in zip(names, match.groups()) if int(count)]
+    return ",".join(kinds) or "-"
+
+
 def parse_ab(text):
     def num(pattern):
         return re.search(pattern, text, re.M)
@@ -88,6 +96,7 @@ def parse_ab(text):
         raise ValueError("no 'Requests per second' line: ab did not finish")
     pct = dict(re.findall(r"^\s+(\d+)%\s+(\d+)", text, re.M))
     failed = num(r"^Failed requests:\s+(\d+)")
+    kinds = num(r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)")
     non2xx = num(r"^Non-2xx responses:\s+(\d+)")
     completed = num(r"^Complete requests:\s+(\d+)")
     return (
@@ -97,6 +106,7 @@ def parse_ab(text):
         int(failed.group(1)) if failed else 0,
         int(non2xx.group(1)) if non2xx else 0,
         int(completed.group(1)) if completed else 0,
+        failure_kinds(("connect", "receive", "length", "exception"), kinds),
     )
 
 
@@ -115,6 +125,7 @@ def parse_wrk(text):
         sum(int(n) for n in errors.groups()) if errors else 0,
         int(non2xx.group(1)) if non2xx else 0,
         int(completed.group(1)) if completed else 0,
+        failure_kinds(("connect", "read", "write", "timeout"), errors),
     )
 
 
@@ -132,6 +143,7 @@ def parse_oha(text):
         errors,
         sum(v for k, v in codes.items() if not 200 <= k < 300),
         completed,
+        "errors" if errors else "-",
     )
 
 
@@ -147,8 +159,9 @@ def parse(tool, path):
 # Columns of the TSV run.sh appends to, one line per (round, load, system).
 COLUMNS = [
     "round", "load", "system", "rps", "p50_ms", "p99_ms", "failed", "non2xx", "completed",
-    "peak_rss_kib", "load_rss_kib", "startup_ms", "body_ok",
+    "peak_rss_kib", "load_rss_kib", "startup_ms", "body_ok", "failure_kinds",
 ]
+NUMERIC = COLUMNS[3:-1]
 
 # Reference columns of the ratio tables, in this order, when they were measured.
 REFERENCES = ["native", "fibhost-nolog", "wasmtime", "wasmtime-reuse", "uwsgi"]
@@ -188,7 +201,7 @@ def report(run_dir, out):
     runs = []
     for fields in read_tsv(f"{run_dir}/runs.tsv"):
         row = dict(zip(COLUMNS, fields))
-        for key in COLUMNS[3:]:
+        for key in NUMERIC:
             try:
                 row[key] = float(row[key])
             except (KeyError, ValueError):
@@ -200,6 +213,19 @@ def report(run_dir, out):
 
     def cell(load, system, key, agg=median):
         return agg([r[key] for r in runs if r["load"] == load and r["system"] == system])
+
+    def failed_cell(load, system):
+        """The median failure count, with the kinds seen in any round (wrk's "read" errors
+        are connections the server closed, e.g. uWSGI's router closing after each response)."""
+        kinds = sorted({
+            kind
+            for r in runs
+            if r["load"] == load and r["system"] == system
+            for kind in r.get("failure_kinds", "-").split(",")
+            if kind != "-"
+        })
+        count = fmt(cell(load, system, "failed"))
+        return f"{count} ({', '.join(kinds)})" if kinds else count
 
     lines = [f"# fibhost benchmark — {meta['date']}", ""]
     lines += [
@@ -229,7 +255,7 @@ def report(run_dir, out):
             lines.append(
                 f"| {system} | {fmt(rps)} | {fmt(lo)}–{fmt(hi)} | {fmt(rps / native, 2)} "
                 f"| {fmt(cell(name, system, 'p50_ms'), 1)} | {fmt(cell(name, system, 'p99_ms'), 1)} "
-                f"| {fmt(cell(name, system, 'failed'))} | {fmt(cell(name, system, 'non2xx'))} "
+                f"| {failed_cell(name, system)} | {fmt(cell(name, system, 'non2xx'))} "
                 f"| {fmt(cell(name, system, 'load_rss_kib') / 1024, 1)} |"
             )
         lines.append("")

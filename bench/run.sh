@@ -3,7 +3,7 @@
 # the article's uWSGI + Flask deployment, on the article's loads. See bench/README.md.
 #
 # Usage: bench/run.sh [--quick] [--rounds N] [--only REGEX] [--oha] [--with-wasmtime]
-#                     [--no-setup]
+#                     [--fibhost PATH] [--no-setup]
 #
 #   --quick          smoke run: 1 round, ab -n 5000, 5 s keep-alive load, shorter warm-up
 #   --rounds N       rounds (default 3; --quick sets 1 unless --rounds follows it)
@@ -11,6 +11,8 @@
 #   --oha            keep-alive load with oha instead of wrk (cargo install --locked oha if missing)
 #   --with-wasmtime  cargo install --locked wasmtime-cli@48.0.8 if `wasmtime` 48 is missing
 #                    (~10 min on 2 cores); without it `wasmtime serve` runs only if installed
+#   --fibhost PATH   measure this fibhost binary instead of building target/release/fibhost
+#                    (e.g. one built from another commit while the working tree is mid-edit)
 #   --no-setup       skip apt, the venv and the builds (use what is there)
 #
 # One run:
@@ -50,6 +52,7 @@ ONLY=.
 KEEPALIVE_TOOL=wrk
 WITH_WASMTIME=0
 SETUP=1
+FIBHOST=
 
 usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
@@ -60,6 +63,7 @@ while (($#)); do
         --only) ONLY=${2:?--only needs a regular expression}; shift ;;
         --oha) KEEPALIVE_TOOL=oha ;;
         --with-wasmtime) WITH_WASMTIME=1 ;;
+        --fibhost) FIBHOST=${2:?--fibhost needs a path}; shift ;;
         --no-setup) SETUP=0 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "run.sh: unknown option \`$1\`; see --help" >&2; exit 2 ;;
@@ -140,8 +144,10 @@ setup_venv() {
 setup_builds() {
     log "== cargo build --release -p fib-native"
     cargo build --release -p fib-native
-    log "== cargo build --release -p fibhost"
-    cargo build --release -p fibhost || build_failed target/release/fibhost "the fibhost release build"
+    if [[ -z $FIBHOST ]]; then
+        log "== cargo build --release -p fibhost"
+        cargo build --release -p fibhost || build_failed target/release/fibhost "the fibhost release build"
+    fi
     log "== guests"
     [[ -x scripts/setup.sh ]] && scripts/setup.sh # the wasm32-wasip2 target
     if [[ -x scripts/build-guests.sh ]]; then
@@ -188,6 +194,12 @@ fi
 for tool in ab curl "$KEEPALIVE_TOOL"; do
     command -v "$tool" >/dev/null || die "\`$tool\` is not installed; run without --no-setup"
 done
+if [[ -n $FIBHOST ]]; then
+    [[ -x $FIBHOST ]] || die "--fibhost \`$FIBHOST\` is not an executable"
+    NOTES+=("fibhost binary: \`$FIBHOST\` of $(date -u -r "$FIBHOST" '+%Y-%m-%d %H:%M UTC'), not the working tree's")
+else
+    FIBHOST=target/release/fibhost
+fi
 [[ -x target/release/fib-native ]] || die "\`target/release/fib-native\` is missing; run without --no-setup"
 
 # ab and wrk hold 500 sockets each, and so do the servers.
@@ -198,8 +210,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 SYSTEMS=(native)
 if [[ ! -f guests/fib.wasm ]]; then
     NOTES+=("not measured: fibhost and wasmtime serve (no guests/fib.wasm)")
-elif [[ ! -x target/release/fibhost ]]; then
-    NOTES+=("not measured: fibhost (no target/release/fibhost)")
+elif [[ ! -x $FIBHOST ]]; then
+    NOTES+=("not measured: fibhost (no $FIBHOST)")
 else
     SYSTEMS+=(fibhost fibhost-nolog fibhost-lifetime1 fibhost-maxreq1)
     for lang in python js c; do
@@ -241,7 +253,7 @@ free_port() {
 
 # Sets CMD (the command line) and ADDR (empty when the server prints it) for system $1.
 system_command() {
-    local fibhost=(target/release/fibhost --workers "$NPROC" --listen 127.0.0.1:0 --component)
+    local fibhost=("$FIBHOST" --workers "$NPROC" --listen 127.0.0.1:0 --component)
     # Recycling variants run without the access log: compare them with fibhost-nolog.
     local quiet=(--disable-logging)
     local reuse_all=1000000000
@@ -316,6 +328,7 @@ start_server() {
     local start deadline code
     start=$(date +%s%N)
     deadline=$((start + STARTUP_TIMEOUT_SECS * 1000000000))
+    : >"$server_log" # exists before the background job opens it, for the grep below
     setsid "${CMD[@]}" >"$server_log" 2>&1 </dev/null &
     SERVER_PID=$!
     python3 bench/harness.py rss "$SERVER_PID" "$rss_file" "$marker" &
@@ -386,15 +399,15 @@ measure() {
     local values peak load_peak
     if ! values=$(python3 bench/harness.py parse "$(load_tool "$load")" "$stem.out" 2>/dev/null); then
         FAILURES+=("failed: round $round, $load, $system: no result from the load tool (see $stem.out)")
-        values="nan nan nan nan nan nan"
+        values="nan nan nan nan nan nan -"
     fi
     read -r peak load_peak <"$rss_file" || { peak=nan load_peak=nan; }
     local fields
     read -r -a fields <<<"$values"
-    printf '%s\t' "$round" "$load" "$system" "${fields[@]}" "$peak" "$load_peak" "$STARTUP_MS" >>"$RUN_DIR/runs.tsv"
-    printf '%s\n' "$body_ok" >>"$RUN_DIR/runs.tsv"
-    printf '  %-18s %10.0f req/s  p50 %7.1f ms  p99 %7.1f ms  failed %-6s non-2xx %-6s RSS %6.1f MiB  start %5s ms%s\n' \
-        "$system" "${fields[0]}" "${fields[1]}" "${fields[2]}" "${fields[3]}" "${fields[4]}" \
+    printf '%s\t' "$round" "$load" "$system" "${fields[@]:0:6}" "$peak" "$load_peak" "$STARTUP_MS" "$body_ok" >>"$RUN_DIR/runs.tsv"
+    printf '%s\n' "${fields[6]}" >>"$RUN_DIR/runs.tsv"
+    printf '  %-18s %10.0f req/s  p50 %7.1f ms  p99 %7.1f ms  failed %-12s non-2xx %-6s RSS %6.1f MiB  start %5s ms%s\n' \
+        "$system" "${fields[0]}" "${fields[1]}" "${fields[2]}" "${fields[3]}$([[ ${fields[6]} == - ]] || echo " (${fields[6]})")" "${fields[4]}" \
         "$(awk -v k="$load_peak" 'BEGIN { print k / 1024 }')" "$STARTUP_MS" \
         "$( ((body_ok)) || echo '  BODY DIFFERS')" >&2
 }
