@@ -21,4 +21,10 @@ if [[ "${1:-}" == "--test" ]]; then
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
+    # uwsgitop (PyPI) reads fibhost's uWSGI-compatible stats socket in the ops tests.
+    if [[ ! -x .venv-tools/bin/uwsgitop ]]; then
+        echo "setup: installing uwsgitop into .venv-tools"
+        python3 -m venv .venv-tools
+        .venv-tools/bin/pip install --quiet --disable-pip-version-check uwsgitop==0.12
+    fi
 fi

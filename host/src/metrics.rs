@@ -35,6 +35,11 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     durations: Family<Labels, Histogram>,
     in_flight: Family<Labels, Gauge>,
+    /// Process-wide gauges, refreshed on each scrape.
+    slots: Gauge,
+    rss: Gauge,
+    uptime: Gauge,
+    started: Instant,
 }
 
 /// One route's request-path handles (cheap clones of the family members).
@@ -99,11 +104,31 @@ impl Metrics {
             "Requests being served (queued or running)",
             in_flight.clone(),
         );
+        let (slots, rss, uptime) = (Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register(
+            "fibhost_pool_slots_in_use",
+            "Guest instances alive (serving, spare or retiring): pooling-allocator slots in use",
+            slots.clone(),
+        );
+        registry.register(
+            "fibhost_process_resident_memory_bytes",
+            "Resident set size of the process",
+            rss.clone(),
+        );
+        registry.register(
+            "fibhost_uptime_seconds",
+            "Seconds since the server started",
+            uptime.clone(),
+        );
         Metrics {
             registry,
             requests,
             durations,
             in_flight,
+            slots,
+            rss,
+            uptime,
+            started: Instant::now(),
         }
     }
 
@@ -127,15 +152,15 @@ impl Metrics {
 
     /// Adds the scrape-time collector over `pools`.
     pub fn register_pools(&mut self, pools: Vec<Pool>, swaps: Arc<SwapCounters>) {
-        self.registry.register_collector(Box::new(PoolCollector {
-            pools,
-            swaps,
-            started: Instant::now(),
-        }));
+        self.registry
+            .register_collector(Box::new(PoolCollector { pools, swaps }));
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.slots.set(guest::live_instances() as i64);
+        self.rss.set(process_rss_bytes().unwrap_or(0) as i64);
+        self.uptime.set(self.started.elapsed().as_secs() as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -179,7 +204,6 @@ impl SwapCounters {
 struct PoolCollector {
     pools: Vec<Pool>,
     swaps: Arc<SwapCounters>,
-    started: Instant,
 }
 
 impl std::fmt::Debug for Pool {
@@ -298,24 +322,6 @@ impl Collector for PoolCollector {
                 .snapshot()
                 .into_iter()
                 .map(|(r, result, n)| (vec![("route", r), ("result", result.to_string())], n)),
-        )?;
-        gauge(
-            e,
-            "fibhost_pool_slots_in_use",
-            "Guest instances alive (pooling-allocator slots)",
-            [(vec![], guest::live_instances() as i64)],
-        )?;
-        gauge(
-            e,
-            "fibhost_process_resident_memory_bytes",
-            "Resident set size of the process",
-            [(vec![], process_rss_bytes().unwrap_or(0) as i64)],
-        )?;
-        gauge(
-            e,
-            "fibhost_uptime_seconds",
-            "Seconds since the server started",
-            [(vec![], self.started.elapsed().as_secs() as i64)],
         )?;
         Ok(())
     }

@@ -440,6 +440,9 @@ impl Inner {
         let stats = &self.stats.workers[id - 1];
         instance.assign(id);
         stats.last_spawn.store(unix_now(), Ordering::Relaxed);
+        stats
+            .memory_bytes
+            .store(instance.memory_bytes(), Ordering::Relaxed);
         let mut generation = self.generation.subscribe();
         let mut drawn = self.draw(&instance);
         loop {

@@ -3,7 +3,9 @@
 
 mod api;
 mod conformance;
+mod deploy;
 mod lifecycle;
+mod ops;
 mod serving;
 mod startup;
 

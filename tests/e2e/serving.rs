@@ -39,7 +39,7 @@ async fn full_queue_answers_503_with_retry_after() {
         refused.text()
     );
     // The admitted requests are still served.
-    assert_eq!(busy.await.unwrap().unwrap().text(), "slept");
+    assert_eq!(busy.await.unwrap().unwrap().text(), "slept v1");
     assert_eq!(queued.await.unwrap().unwrap().status, StatusCode::OK);
 }
 
@@ -144,7 +144,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
             .unwrap()
             .expect("an in-flight request must complete");
         assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(reply.text(), "slept");
+        assert_eq!(reply.text(), "slept v1");
     }
     let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(30)));
     assert!(status.success(), "exit status {status:?}");

@@ -143,6 +143,19 @@ impl Server {
         self.output.0.lock().unwrap().text.clone()
     }
 
+    /// The address printed after `label` in a log line, e.g. `Admin listening on http://`.
+    pub fn logged_addr(&self, label: &str) -> SocketAddr {
+        self.wait_for_output(label, Duration::from_secs(30));
+        let output = self.output();
+        let rest = &output[output.find(label).unwrap() + label.len()..];
+        let end = rest
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        rest[..end]
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address after `{label}`: {e}"))
+    }
+
     /// Waits until the output contains `needle` (or panics after `limit`).
     pub fn wait_for_output(&self, needle: &str, limit: Duration) {
         let deadline = Instant::now() + limit;

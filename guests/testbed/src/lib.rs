@@ -6,7 +6,7 @@
 //! | `/count` | how many requests this instance has served, this one included |
 //! | `/version` | `v1`, or `v2` when built with the `v2` feature |
 //! | `/grow?mib=N` | keeps N more MiB of linear memory alive, then answers like `/count` |
-//! | `/sleep?ms=N` | answers after N ms of idle waiting (a slow but well-behaved request) |
+//! | `/sleep?ms=N` | answers `slept v1` (or `v2`) after N ms of idle waiting |
 //! | `/loop` | spins forever (CPU) |
 //! | `/alloc` | allocates until allocation fails |
 //! | `/panic` | panics |
@@ -15,6 +15,7 @@
 //! | `/stall` | sends headers and a first chunk, then waits forever |
 //! | `/env?name=X` | the value of environment variable X, or 404 |
 //! | `/echo` | echoes the request body |
+//! | anything else | 404 naming the path and query the guest received |
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -65,7 +66,7 @@ impl Guest for Testbed {
             }
             "/sleep" => {
                 monotonic_clock::subscribe_duration(number("ms", 100) * 1_000_000).block();
-                reply(response_out, 200, "slept".to_string());
+                reply(response_out, 200, format!("slept {VERSION}"));
             }
             "/loop" => {
                 let mut x = 0u64;
@@ -122,7 +123,7 @@ impl Guest for Testbed {
                     String::from_utf8_lossy(&data).into_owned(),
                 );
             }
-            _ => reply(response_out, 404, "no such testbed path".to_string()),
+            _ => reply(response_out, 404, format!("no such testbed path: {target}")),
         }
     }
 }

@@ -1,0 +1,389 @@
+//! Operations: the admin listener (health, readiness, token, Prometheus metrics, uWSGI stats),
+//! the stats socket read by the real `uwsgitop`, and SO_REUSEPORT.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use crate::start;
+use fibhost_e2e::{Http, Server, guests};
+
+/// Admin URL of `server` + `path`.
+fn admin(server: &Server, path: &str) -> String {
+    format!(
+        "http://{}{path}",
+        server.logged_addr("Admin listening on http://")
+    )
+}
+
+/// Fetches and parses `/metrics` with a Prometheus text-format parser; returns each sample as
+/// `name{k="v",...}` (labels sorted) → value.
+async fn metrics(http: &Http, server: &Server, token: &str) -> HashMap<String, f64> {
+    let auth = format!("Bearer {token}");
+    let reply = http
+        .send_with(
+            Method::GET,
+            &admin(server, "/metrics"),
+            "".into(),
+            &[("authorization", &auth)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let text = reply.text();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let mut labels: Vec<String> = s
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            labels.sort();
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Histogram(h) => {
+                    h.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                prometheus_parse::Value::Summary(_) => f64::NAN,
+            };
+            let key = if labels.is_empty() {
+                s.metric
+            } else {
+                format!("{}{{{}}}", s.metric, labels.join(","))
+            };
+            (key, value)
+        })
+        .collect()
+}
+
+fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no sample `{key}` in {:#?}", m.keys().collect::<Vec<_>>()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_with_requests_errors_and_recycles() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "2",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            "s3cret",
+            "--request-timeout",
+            "1",
+        ],
+    );
+    let http = Http::new();
+    let before = metrics(&http, &server, "s3cret").await;
+    assert_eq!(
+        value(&before, "fibhost_requests_total{class=\"2xx\",route=\"/\"}"),
+        0.0
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            http.get(&server.url("/count")).await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        http.get(&server.url("/panic")).await.unwrap().status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        http.get(&server.url("/loop")).await.unwrap().status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert_eq!(
+        http.get(&server.url("/nope")).await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+    // The counters are updated when each response completes; give the last one a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = metrics(&http, &server, "s3cret").await;
+    assert_eq!(
+        value(&after, "fibhost_requests_total{class=\"2xx\",route=\"/\"}"),
+        5.0
+    );
+    assert_eq!(
+        value(&after, "fibhost_requests_total{class=\"4xx\",route=\"/\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "fibhost_requests_total{class=\"5xx\",route=\"/\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "fibhost_instance_recycles_total{reason=\"trap\",route=\"/\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "fibhost_instance_recycles_total{reason=\"timeout\",route=\"/\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "fibhost_instance_recycles_total{reason=\"lifetime\",route=\"/\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "fibhost_request_duration_seconds_count{route=\"/\"}"
+        ),
+        8.0
+    );
+    assert_eq!(
+        value(&after, "fibhost_workers{route=\"/\",state=\"idle\"}"),
+        2.0
+    );
+    assert_eq!(value(&after, "fibhost_queue_depth{route=\"/\"}"), 0.0);
+    assert!(value(&after, "fibhost_pool_slots_in_use") >= 2.0);
+    assert!(value(&after, "fibhost_process_resident_memory_bytes") > 1e6);
+    assert!(
+        value(
+            &after,
+            "fibhost_instance_memory_bytes{route=\"/\",worker=\"1\"}"
+        ) > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_token_is_enforced_but_probes_are_open() {
+    let server = start(
+        guests::FIB,
+        &[
+            "--workers",
+            "1",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            "s3cret",
+        ],
+    );
+    let http = Http::new();
+    for path in ["/metrics", "/stats", "/admin/status"] {
+        let reply = http.get(&admin(&server, path)).await.unwrap();
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let reply = http
+        .send(Method::POST, &admin(&server, "/admin/reload"), "".into())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let (ok, out, _) = fibhost_e2e::curl(&[
+        "-H",
+        "Authorization: Bearer wrong",
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        &admin(&server, "/stats"),
+    ]);
+    assert!(ok);
+    assert_eq!(out, "401");
+    let (ok, out, _) = fibhost_e2e::curl(&[
+        "-H",
+        "Authorization: Bearer s3cret",
+        &admin(&server, "/admin/status"),
+    ]);
+    assert!(ok);
+    assert!(out.contains("\"sha256\""), "{out}");
+    assert_eq!(
+        http.get(&admin(&server, "/healthz")).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get(&admin(&server, "/readyz")).await.unwrap().status,
+        StatusCode::OK
+    );
+    // Never on the public listener.
+    assert_eq!(
+        http.get(&server.url("/metrics")).await.unwrap().status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_flips_to_503_while_draining() {
+    let mut server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--shutdown-timeout",
+            "30",
+        ],
+    );
+    let http = Http::new();
+    let readyz = admin(&server, "/readyz");
+    assert_eq!(http.get(&readyz).await.unwrap().status, StatusCode::OK);
+    let slow = tokio::spawn({
+        let (http, url) = (http.clone(), server.url("/sleep?ms=3000"));
+        async move { http.get(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("TERM");
+    let mut saw_draining = false;
+    for _ in 0..50 {
+        match Http::new().get(&readyz).await {
+            Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(reply.text().contains("draining"));
+                saw_draining = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(saw_draining, "/readyz never answered 503 during the drain");
+    let reply = slow.await.unwrap().unwrap();
+    assert_eq!(reply.text(), "slept v1");
+    // Keep-alive responses during the drain tell the client to close.
+    assert_eq!(reply.header("connection"), "close");
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(30)));
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_json_and_socket_speak_uwsgi() {
+    let server = start(
+        guests::FIB,
+        &[
+            "--workers",
+            "3",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--stats",
+            "127.0.0.1:0",
+        ],
+    );
+    let http = Http::new();
+    for n in 0..10 {
+        http.get(&server.url(&format!("/{n}"))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reply = http.get(&admin(&server, "/stats")).await.unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let workers = stats["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+    let total: u64 = workers
+        .iter()
+        .map(|w| w["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 10);
+    for key in [
+        "id",
+        "pid",
+        "requests",
+        "exceptions",
+        "status",
+        "rss",
+        "vsz",
+        "running_time",
+        "last_spawn",
+        "respawn_count",
+        "tx",
+        "avg_rt",
+        "harakiri_count",
+        "signals",
+    ] {
+        assert!(
+            workers[0].get(key).is_some(),
+            "worker field `{key}` missing: {}",
+            workers[0]
+        );
+    }
+    assert!(
+        workers
+            .iter()
+            .map(|w| w["tx"].as_u64().unwrap())
+            .sum::<u64>()
+            > 0
+    );
+    assert!(stats["listen_queue"].is_u64() && stats["version"].is_string());
+    assert!(
+        !reply.text().contains("user-agent"),
+        "stats must not leak request data"
+    );
+
+    // The plain TCP stats socket: JSON, then EOF.
+    let stats_addr = server.logged_addr("Stats socket on ");
+    let mut raw = String::new();
+    std::net::TcpStream::connect(stats_addr)
+        .unwrap()
+        .read_to_string(&mut raw)
+        .unwrap();
+    let from_socket: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(from_socket["workers"].as_array().unwrap().len(), 3);
+
+    // The real uwsgitop (PyPI), in a pseudo-terminal for its curses screen.
+    let uwsgitop = format!("{}/../.venv-tools/bin/uwsgitop", env!("CARGO_MANIFEST_DIR"));
+    if !std::path::Path::new(&uwsgitop).exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{uwsgitop} is missing: scripts/setup.sh --test installs it"
+        );
+        eprintln!(
+            "skipping the uwsgitop check: {uwsgitop} is not installed (scripts/setup.sh --test)"
+        );
+        return;
+    }
+    let output = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty rows 40 cols 200; TERM=xterm timeout 3 {uwsgitop} {stats_addr}"),
+            "/dev/null",
+        ])
+        .output()
+        .expect("`script` (util-linux) runs uwsgitop in a pseudo-terminal");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(!screen.contains("Traceback"), "uwsgitop failed:\n{screen}");
+    assert!(
+        screen.contains("WID") && screen.contains("fibhost"),
+        "uwsgitop did not draw the worker table:\n{screen}"
+    );
+}
+
+#[test]
+fn reuse_port_lets_two_processes_share_a_port() {
+    let first = start(guests::FIB, &["--workers", "1", "--reuse-port"]);
+    let addr = first.addr.to_string();
+    let second = Server::start(
+        crate::fibhost(),
+        &[
+            "--component",
+            guests::FIB,
+            "--workers",
+            "1",
+            "--reuse-port",
+            "--listen",
+            &addr,
+        ],
+    );
+    assert_eq!(second.addr, first.addr);
+    for _ in 0..20 {
+        let (ok, body, _) = fibhost_e2e::curl(&[&first.url("/5")]);
+        assert!(ok);
+        assert_eq!(body, "[0, 1, 1, 2, 3, 5]");
+    }
+}
