@@ -275,10 +275,22 @@ impl Http {
 
     /// Sends one request and reads the whole response.
     pub async fn send(&self, method: Method, url: &str, body: Bytes) -> anyhow::Result<Reply> {
-        let request = Request::builder()
-            .method(method)
-            .uri(url)
-            .body(Full::new(body))?;
+        self.send_with(method, url, body, &[]).await
+    }
+
+    /// Like [`Http::send`], with extra request headers.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body))?;
         let response = self.client.request(request).await?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await?.to_bytes();
