@@ -8,6 +8,7 @@ mod lifecycle;
 mod ops;
 mod serving;
 mod startup;
+mod swap;
 
 /// Path of the `fibhost` binary cargo built for this test run.
 fn fibhost() -> &'static str {

@@ -1,0 +1,360 @@
+//! Hot swap: file watch, SIGHUP and the admin API under continuous load; rejected components;
+//! the compiled-component cache; requests in flight during a swap.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+
+use crate::{fibhost, start};
+use fibhost_e2e::{Http, Reply, Server, guests};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fibhost-swap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sha256(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+async fn reload(http: &Http, server: &Server, query: &str) -> Reply {
+    let admin = server.logged_addr("Admin listening on http://");
+    http.send(
+        Method::POST,
+        &format!("http://{admin}/admin/reload?{query}"),
+        "".into(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn serving_sha(http: &Http, server: &Server) -> String {
+    let admin = server.logged_addr("Admin listening on http://");
+    let reply = http
+        .get(&format!("http://{admin}/admin/status"))
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    status["routes"][0]["sha256"].as_str().unwrap().to_string()
+}
+
+/// Background clients hammering `/version`; counts failures and bodies that are neither version.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(server: &Arc<Server>, clients: usize) -> Load {
+        let (stop, ok, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let tasks = (0..clients)
+            .map(|_| {
+                let (server, stop, ok, failed, http) = (
+                    server.clone(),
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    Http::new(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match http.get(&server.url("/version")).await {
+                            Ok(r)
+                                if r.status == StatusCode::OK
+                                    && (r.text() == "v1" || r.text() == "v2") =>
+                            {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                eprintln!("failed request during swaps: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_swaps_under_load_through_file_sighup_and_admin() {
+    let dir = temp_dir("twenty");
+    let versions = [guests::TESTBED, guests::TESTBED_V2];
+    let current = dir.join("app-0.wasm");
+    std::fs::copy(guests::TESTBED, &current).unwrap();
+    let config = dir.join("fibhost.toml");
+    let write_config = |component: &Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "component = {:?}\nworkers = 4\nwatch = true\ndisable-logging = true\n",
+                component
+            ),
+        )
+        .unwrap();
+    };
+    write_config(&current);
+    let server = Arc::new(Server::start(
+        fibhost(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    ));
+    let http = Http::new();
+    let load = Load::start(&server, 8);
+    let mut current = current;
+    for i in 1..=20 {
+        let target = versions[i % 2];
+        let expected = if i % 2 == 1 { "v2" } else { "v1" };
+        match i % 3 {
+            // The file changes on disk: alternately an atomic rename and an in-place copy.
+            0 => {
+                if i % 2 == 0 {
+                    let temp = dir.join(format!("incoming-{i}.tmp"));
+                    std::fs::copy(target, &temp).unwrap();
+                    std::fs::rename(&temp, &current).unwrap();
+                } else {
+                    std::fs::write(&current, std::fs::read(target).unwrap()).unwrap();
+                }
+            }
+            // SIGHUP after the config names a new file.
+            1 => {
+                current = dir.join(format!("app-{i}.wasm"));
+                std::fs::copy(target, &current).unwrap();
+                write_config(&current);
+                server.signal("HUP");
+            }
+            // The admin API names the new file.
+            _ => {
+                current = dir.join(format!("app-{i}.wasm"));
+                std::fs::copy(target, &current).unwrap();
+                let reply = reload(
+                    &http,
+                    &server,
+                    &format!("route=/&component={}", current.display()),
+                )
+                .await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                assert!(
+                    reply.text().contains("\"status\":\"swapped\""),
+                    "{}",
+                    reply.text()
+                );
+            }
+        }
+        let want = sha256(&current);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while serving_sha(&http, &server).await != want {
+            assert!(
+                Instant::now() < deadline,
+                "swap {i} never completed:\n{}",
+                server.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Once the swap is done, new requests see only the new version.
+        for _ in 0..10 {
+            assert_eq!(
+                http.get(&server.url("/version")).await.unwrap().text(),
+                expected,
+                "after swap {i}"
+            );
+        }
+    }
+    let (ok, failed) = load.finish().await;
+    assert_eq!(
+        failed, 0,
+        "{failed} failed requests during 20 swaps ({ok} ok)"
+    );
+    assert!(ok > 100, "only {ok} requests during the swaps");
+    server.wait_for_output("swapped component", Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_components_are_rejected_and_the_old_version_keeps_serving() {
+    let dir = temp_dir("broken");
+    let server = Arc::new(start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "2",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--warmup",
+            "/version",
+            "--disable-logging",
+        ],
+    ));
+    let http = Http::new();
+    let load = Load::start(&server, 4);
+    let empty = dir.join("empty.wasm");
+    std::fs::write(&empty, b"").unwrap();
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let bare = dir.join("bare.wasm");
+    std::fs::write(&bare, b"\0asm\x0d\0\x01\0").unwrap();
+    let cases = [
+        (empty.display().to_string(), "is empty"),
+        (core.display().to_string(), "core WebAssembly module"),
+        (
+            bare.display().to_string(),
+            "does not export `wasi:http/incoming-handler",
+        ),
+        // The Fibonacci guest answers 400 to `/version`: it fails the warm-up.
+        (guests::FIB.to_string(), "answered 400 Bad Request, not 2xx"),
+        ("/nonexistent/x.wasm".to_string(), "cannot read component"),
+    ];
+    for (path, reason) in cases {
+        let reply = reload(&http, &server, &format!("component={path}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {}",
+            reply.text()
+        );
+        assert!(reply.text().contains(reason), "{path}: {}", reply.text());
+        assert!(
+            reply.text().contains("keeps its running version"),
+            "{}",
+            reply.text()
+        );
+        assert_eq!(
+            http.get(&server.url("/version")).await.unwrap().text(),
+            "v1"
+        );
+    }
+    // A good file swaps in after all those failures.
+    let reply = reload(&http, &server, &format!("component={}", guests::TESTBED_V2)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        http.get(&server.url("/version")).await.unwrap().text(),
+        "v2"
+    );
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} failed requests ({ok} ok)");
+    let reply = reload(&http, &server, "route=/nope").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_in_flight_finishes_on_the_old_version() {
+    let server = start(
+        guests::TESTBED,
+        &["--workers", "2", "--admin-listen", "127.0.0.1:0"],
+    );
+    let http = Http::new();
+    let slow = tokio::spawn({
+        let (http, url) = (http.clone(), server.url("/sleep?ms=2000"));
+        async move { http.get(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let swap = tokio::spawn({
+        let (http, admin) = (
+            http.clone(),
+            server.logged_addr("Admin listening on http://"),
+        );
+        async move {
+            let url = format!(
+                "http://{admin}/admin/reload?component={}",
+                guests::TESTBED_V2
+            );
+            http.send(Method::POST, &url, "".into()).await.unwrap()
+        }
+    });
+    // While the old version finishes the slow request, new requests already get v2.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get(&server.url("/version")).await.unwrap().text() != "v2" {
+        assert!(Instant::now() < deadline, "the new version never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.await.unwrap().unwrap().text(), "slept v1");
+    let reply = swap.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+#[test]
+fn the_compile_cache_survives_restarts_and_rebuilds_corrupt_entries() {
+    let dir = temp_dir("cache");
+    let cache = dir.join("cache");
+    let args = [
+        "--component",
+        guests::TESTBED,
+        "--workers",
+        "1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let first = Server::start(fibhost(), &args);
+    first.wait_for_output("compiled component (cache miss)", Duration::from_secs(10));
+    drop(first);
+
+    let second = Server::start(fibhost(), &args);
+    second.wait_for_output(
+        "loaded compiled component from cache",
+        Duration::from_secs(10),
+    );
+    assert!(
+        !second.output().contains("cache miss"),
+        "a warm cache recompiled:\n{}",
+        second.output()
+    );
+    assert_eq!(fibhost_e2e::curl(&[&second.url("/version")]).1, "v1");
+    drop(second);
+
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .unwrap();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entry, bytes).unwrap();
+    let third = Server::start(fibhost(), &args);
+    third.wait_for_output(
+        "ignoring a corrupt or incompatible cache entry",
+        Duration::from_secs(10),
+    );
+    third.wait_for_output("compiled component (cache miss)", Duration::from_secs(10));
+    assert_eq!(fibhost_e2e::curl(&[&third.url("/version")]).1, "v1");
+}
