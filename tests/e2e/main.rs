@@ -6,6 +6,7 @@ mod conformance;
 mod deploy;
 mod lifecycle;
 mod ops;
+mod routes;
 mod serving;
 mod startup;
 mod swap;
