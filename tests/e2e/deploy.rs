@@ -450,3 +450,76 @@ fn kubernetes_manifests_validate() {
         assert!(output.contains(expect), "{output}");
     }
 }
+
+/// The `fibhost.toml` embedded in `kubernetes/configmap.yaml` (the block under
+/// `fibhost.toml: |`), without its YAML indentation.
+fn configmap_toml() -> String {
+    let yaml =
+        fs::read_to_string(repo().join("examples/deploy/kubernetes/configmap.yaml")).unwrap();
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "fibhost.toml: |")
+        .skip(1);
+    let first = lines
+        .clone()
+        .find(|l| !l.trim().is_empty())
+        .expect("fibhost.toml is empty");
+    let indent = &first[..first.len() - first.trim_start().len()];
+    lines
+        .take_while(|l| l.trim().is_empty() || l.starts_with(indent))
+        .map(|l| format!("{}\n", l.strip_prefix(indent).unwrap_or("")))
+        .collect()
+}
+
+/// What the examples tell fibhost (the ConfigMap's file, the image's command) is accepted by
+/// today's fibhost: every key and flag exists, and the admin listener they turn on answers.
+/// Addresses are moved to loopback port 0 and the component to the test guest.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_configs_start_fibhost() {
+    let scratch = Scratch::new("configs");
+    let toml = scratch.0.join("fibhost.toml");
+    fs::write(&toml, configmap_toml()).unwrap();
+    let toml = toml.to_str().unwrap();
+
+    let dockerfile = fs::read_to_string(repo().join("examples/deploy/Dockerfile")).unwrap();
+    let cmd = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("the Dockerfile has a CMD");
+    let cmd: Vec<String> = cmd
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|arg| {
+            match arg.trim().trim_matches('"') {
+                "/srv/fibhost/fib.wasm" => guests::FIB,
+                "0.0.0.0:8080" | "0.0.0.0:9090" => "127.0.0.1:0",
+                other => other,
+            }
+            .to_string()
+        })
+        .collect();
+
+    let from_configmap = [
+        "--config",
+        toml,
+        "--component",
+        guests::FIB,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ];
+    let from_dockerfile: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let http = Http::new();
+    for args in [&from_configmap[..], &from_dockerfile] {
+        let server = fibhost_e2e::Server::try_start(crate::fibhost(), args)
+            .unwrap_or_else(|e| panic!("fibhost rejected {args:?}: {e:?}"));
+        let admin = server.logged_addr("Admin listening on http://");
+        let ready = http.get(&format!("http://{admin}/readyz")).await.unwrap();
+        assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+        let reply = http.get(&server.url("/9000")).await.unwrap();
+        assert_eq!(reply.text(), reference_sequence("9000"));
+    }
+}
