@@ -262,7 +262,7 @@ pub fn stats(app: &App, addr: SocketAddr) -> Value {
                 "last_spawn": w.last_spawn.load(Ordering::Relaxed),
                 "respawn_count": w.respawns.load(Ordering::Relaxed),
                 "tx": w.tx_bytes.load(Ordering::Relaxed),
-                "avg_rt": if requests > 0 { busy_micros / requests } else { 0 },
+                "avg_rt": busy_micros.checked_div(requests).unwrap_or(0),
                 "instance_requests": w.instance_requests.load(Ordering::Relaxed),
                 "apps": [],
                 "cores": [],
