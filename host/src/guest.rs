@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 use wasmtime::component::ResourceTable;
@@ -399,9 +398,8 @@ impl AsyncWrite for LineLogger {
     ) -> Poll<std::io::Result<usize>> {
         self.pending.extend_from_slice(buf);
         while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Bytes = Bytes::copy_from_slice(&self.pending[..end]);
+            self.emit(&self.pending[..end]);
             self.pending.drain(..=end);
-            self.emit(&line);
         }
         if self.pending.len() > MAX_LINE_BYTES {
             let line = std::mem::take(&mut self.pending);

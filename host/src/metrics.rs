@@ -288,6 +288,28 @@ impl Collector for PoolCollector {
                 .iter()
                 .map(|p| (vec![route(p)], p.stats().rejected.load(Ordering::Relaxed))),
         )?;
+        counter(
+            e,
+            "fibhost_instantiations",
+            "Spare instances created (replacements made ahead of need)",
+            self.pools.iter().map(|p| {
+                (
+                    vec![route(p)],
+                    p.stats().instantiations.load(Ordering::Relaxed),
+                )
+            }),
+        )?;
+        let mut seconds = e.encode_descriptor(
+            "fibhost_instantiation_seconds",
+            "Time spent creating spare instances (divide by fibhost_instantiations_total)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &self.pools {
+            let micros = p.stats().instantiation_micros.load(Ordering::Relaxed);
+            ConstCounter::new(micros as f64 / 1e6)
+                .encode(seconds.encode_family(&vec![route(p)])?)?;
+        }
         let now = crate::pool::unix_now();
         gauge(
             e,

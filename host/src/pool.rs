@@ -145,6 +145,10 @@ pub struct PoolStats {
     pub rejected: AtomicU64,
     /// Workers running a request now.
     pub busy: AtomicUsize,
+    /// Instances created by the spare spawner.
+    pub instantiations: AtomicU64,
+    /// Total time those instantiations took, microseconds.
+    pub instantiation_micros: AtomicU64,
 }
 
 impl PoolStats {
@@ -215,6 +219,8 @@ impl Pool {
             recycles: Default::default(),
             rejected: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            instantiations: AtomicU64::new(0),
+            instantiation_micros: AtomicU64::new(0),
         });
         let inner = Arc::new(Inner {
             route: Arc::from(route),
@@ -623,8 +629,14 @@ impl Inner {
     async fn run_spawner(self: Arc<Self>, generation: Arc<Generation>) {
         loop {
             while !generation.is_retired() && generation.spares.len() < STEADY_SPARES {
+                let started = Instant::now();
                 match Instance::new(&generation.version, &self.spec).await {
                     Ok(instance) => {
+                        let micros = started.elapsed().as_micros() as u64;
+                        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .instantiation_micros
+                            .fetch_add(micros, Ordering::Relaxed);
                         if generation.spares_tx.send(instance).await.is_err() {
                             return;
                         }
