@@ -456,7 +456,7 @@ fn kubernetes_manifests_validate() {
 fn configmap_toml() -> String {
     let yaml =
         fs::read_to_string(repo().join("examples/deploy/kubernetes/configmap.yaml")).unwrap();
-    let mut lines = yaml
+    let lines = yaml
         .lines()
         .skip_while(|l| l.trim() != "fibhost.toml: |")
         .skip(1);

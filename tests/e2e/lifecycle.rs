@@ -3,13 +3,12 @@
 //! instance has served, which makes reuse and recycling observable from outside.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
 use crate::start;
-use fibhost_e2e::{Http, Server, guests};
+use fibhost_e2e::{Http, Load, Server, guests};
 
 async fn count(http: &Http, server: &Server) -> u64 {
     let reply = http.get(&server.url("/count")).await.unwrap();
@@ -225,29 +224,9 @@ async fn hostile_guests_do_not_disturb_other_requests() {
         ],
     ));
     let http = Http::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let good: Vec<_> = (0..2)
-        .map(|_| {
-            let (http, server, stop, ok, failed) = (
-                http.clone(),
-                server.clone(),
-                stop.clone(),
-                ok.clone(),
-                failed.clone(),
-            );
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match http.get(&server.url("/version")).await {
-                        Ok(r) if r.status == StatusCode::OK && r.text() == "v1" => {
-                            ok.fetch_add(1, Ordering::Relaxed)
-                        }
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(2, server.url("/version"), |r| {
+        r.status == StatusCode::OK && r.text() == "v1"
+    });
     let hostile = [
         ("/loop", Some(504)),
         ("/alloc", Some(500)),
@@ -266,16 +245,9 @@ async fn hostile_guests_do_not_disturb_other_requests() {
     // A 100 MiB body streams through completely.
     let reply = http.get(&server.url("/stream?mib=100")).await.unwrap();
     assert_eq!(reply.body.len(), 100 * 1024 * 1024);
-    stop.store(true, Ordering::Relaxed);
-    for task in good {
-        task.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests to the well-behaved path failed"
-    );
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "requests to the well-behaved path failed");
+    assert!(ok > 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -23,6 +23,20 @@ fn start(component: &str, args: &[&str]) -> fibhost_e2e::Server {
     fibhost_e2e::Server::start(fibhost(), &all)
 }
 
+/// Runs fibhost expecting it to fail at startup; returns its output.
+fn fails(args: &[&str]) -> String {
+    match fibhost_e2e::Server::try_start(fibhost(), args) {
+        Ok(server) => panic!(
+            "fibhost started but should have failed:\n{}",
+            server.output()
+        ),
+        Err(failure) => {
+            assert!(!failure.status.success(), "exit status must be non-zero");
+            failure.output
+        }
+    }
+}
+
 /// An independent reference for the Fibonacci API: decimal strings added digit by digit.
 fn reference_sequence(n: &str) -> String {
     fn add(a: &str, b: &str) -> String {

@@ -1,20 +1,12 @@
 //! Several components on routes, and HTTPS.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 
 use crate::{fibhost, reference_sequence};
-use fibhost_e2e::{Http, Server, curl, guests};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fibhost-routes-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use fibhost_e2e::{Http, Load, Server, curl, guests, temp_dir};
 
 fn routes_config(dir: &std::path::Path) -> PathBuf {
     let config = dir.join("fibhost.toml");
@@ -55,7 +47,7 @@ workers = 1
 async fn components_on_prefixes_are_isolated() {
     let dir = temp_dir("isolated");
     let config = routes_config(&dir);
-    let server = Arc::new(Server::start(
+    let server = Server::start(
         fibhost(),
         &[
             "--config",
@@ -63,7 +55,7 @@ async fn components_on_prefixes_are_isolated() {
             "--admin-listen",
             "127.0.0.1:0",
         ],
-    ));
+    );
     let http = Http::new();
 
     assert_eq!(
@@ -93,32 +85,9 @@ async fn components_on_prefixes_are_isolated() {
     );
 
     // Hostile requests on /bed while /fib is under load: /fib sees no failure.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (server, stop, ok, failed, http) = (
-                server.clone(),
-                stop.clone(),
-                ok.clone(),
-                failed.clone(),
-                http.clone(),
-            );
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match http.get(&server.url("/fib/9000")).await {
-                        Ok(r)
-                            if r.status == StatusCode::OK
-                                && r.text() == reference_sequence("9000") =>
-                        {
-                            ok.fetch_add(1, Ordering::Relaxed)
-                        }
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(4, server.url("/fib/9000"), |r| {
+        r.status == StatusCode::OK && r.text() == reference_sequence("9000")
+    });
     for (path, status) in [
         ("/bed/loop", 504),
         ("/bed/panic", 500),
@@ -132,16 +101,9 @@ async fn components_on_prefixes_are_isolated() {
             "{path}"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "the /fib route failed while /bed misbehaved"
-    );
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "the /fib route failed while /bed misbehaved");
+    assert!(ok > 0);
 
     // Swapping /fib leaves /bed's instances alone: its counter keeps counting.
     let before: u64 = http
@@ -232,29 +194,18 @@ fn duplicate_prefixes_are_a_config_error() {
         format!("[[route]]\nprefix = \"/a\"\ncomponent = {0:?}\n[[route]]\nprefix = \"/a/\"\ncomponent = {0:?}\n", guests::FIB),
     )
     .unwrap();
-    let failure = Server::try_start(fibhost(), &["--config", config.to_str().unwrap()])
-        .err()
-        .expect("must not start");
+    let out = crate::fails(&["--config", config.to_str().unwrap()]);
     assert!(
-        failure
-            .output
-            .contains("two components are mounted on the prefix `/a/`"),
-        "{}",
-        failure.output
+        out.contains("two components are mounted on the prefix `/a/`"),
+        "{out}"
     );
     std::fs::write(
         &config,
         format!("[[route]]\nprefix = \"a\"\ncomponent = {:?}\n", guests::FIB),
     )
     .unwrap();
-    let failure = Server::try_start(fibhost(), &["--config", config.to_str().unwrap()])
-        .err()
-        .expect("must not start");
-    assert!(
-        failure.output.contains("must start with `/`"),
-        "{}",
-        failure.output
-    );
+    let out = crate::fails(&["--config", config.to_str().unwrap()]);
+    assert!(out.contains("must start with `/`"), "{out}");
 }
 
 fn write_cert(dir: &std::path::Path) -> (PathBuf, PathBuf) {

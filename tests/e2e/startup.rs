@@ -2,27 +2,11 @@
 
 use std::io::Write as _;
 
-use crate::fibhost;
+use crate::{fails, fibhost};
 use fibhost_e2e::{Server, guests};
 
-/// Runs fibhost expecting it to fail at startup; returns its output.
-fn fails(args: &[&str]) -> String {
-    match Server::try_start(fibhost(), args) {
-        Ok(server) => panic!(
-            "fibhost started but should have failed:\n{}",
-            server.output()
-        ),
-        Err(failure) => {
-            assert!(!failure.status.success(), "exit status must be non-zero");
-            failure.output
-        }
-    }
-}
-
 fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fibhost-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+    let path = fibhost_e2e::temp_dir("startup").join(name);
     std::fs::File::create(&path)
         .unwrap()
         .write_all(contents)

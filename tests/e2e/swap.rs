@@ -1,22 +1,14 @@
 //! Hot swap: file watch, SIGHUP and the admin API under continuous load; rejected components;
 //! the compiled-component cache; requests in flight during a swap.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 
 use crate::{fibhost, start};
-use fibhost_e2e::{Http, Reply, Server, guests};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fibhost-swap-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use fibhost_e2e::{Http, Load, Reply, Server, guests, temp_dir};
 
 fn sha256(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
@@ -51,66 +43,8 @@ async fn serving_sha(http: &Http, server: &Server) -> String {
     status["routes"][0]["sha256"].as_str().unwrap().to_string()
 }
 
-/// Background clients hammering `/version`; counts failures and bodies that are neither version.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(server: &Arc<Server>, clients: usize) -> Load {
-        let (stop, ok, failed) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let tasks = (0..clients)
-            .map(|_| {
-                let (server, stop, ok, failed, http) = (
-                    server.clone(),
-                    stop.clone(),
-                    ok.clone(),
-                    failed.clone(),
-                    Http::new(),
-                );
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match http.get(&server.url("/version")).await {
-                            Ok(r)
-                                if r.status == StatusCode::OK
-                                    && (r.text() == "v1" || r.text() == "v2") =>
-                            {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            other => {
-                                eprintln!("failed request during swaps: {other:?}");
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
+fn is_a_version(reply: &Reply) -> bool {
+    reply.status == StatusCode::OK && (reply.text() == "v1" || reply.text() == "v2")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,7 +75,7 @@ async fn twenty_swaps_under_load_through_file_sighup_and_admin() {
         ],
     ));
     let http = Http::new();
-    let load = Load::start(&server, 8);
+    let load = Load::start(8, server.url("/version"), is_a_version);
     let mut current = current;
     for i in 1..=20 {
         let target = versions[i % 2];
@@ -226,7 +160,7 @@ async fn broken_components_are_rejected_and_the_old_version_keeps_serving() {
         ],
     ));
     let http = Http::new();
-    let load = Load::start(&server, 4);
+    let load = Load::start(4, server.url("/version"), is_a_version);
     let empty = dir.join("empty.wasm");
     std::fs::write(&empty, b"").unwrap();
     let core = dir.join("core.wasm");

@@ -320,3 +320,67 @@ pub fn curl(args: &[&str]) -> (bool, String, String) {
 pub fn exists(path: &str) -> bool {
     Path::new(path).exists()
 }
+
+/// A fresh, empty directory for one test's files.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fibhost-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Continuous background load: `clients` tasks each sending `GET url` back to back until
+/// [`Load::finish`], counting the responses `accept` approves and those it does not (or that
+/// fail outright).
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<std::sync::atomic::AtomicU64>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts the clients (on the current tokio runtime).
+    pub fn start(clients: usize, url: String, accept: fn(&Reply) -> bool) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, url) =
+                    (stop.clone(), ok.clone(), failed.clone(), url.clone());
+                tokio::spawn(async move {
+                    let http = Http::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match http.get(&url).await {
+                            Ok(reply) if accept(&reply) => ok.fetch_add(1, Ordering::Relaxed),
+                            other => {
+                                eprintln!("load: unexpected answer from {url}: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Stops the clients and returns (accepted, failed) counts.
+    pub async fn finish(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("a load client panicked");
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
