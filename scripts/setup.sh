@@ -24,7 +24,11 @@ if [[ "${1:-}" == "--test" ]]; then
     # uwsgitop (PyPI) reads fibhost's uWSGI-compatible stats socket in the ops tests.
     if [[ ! -x .venv-tools/bin/uwsgitop ]]; then
         echo "setup: installing uwsgitop into .venv-tools"
-        python3 -m venv .venv-tools
+        if ! python3 -m venv .venv-tools >/dev/null 2>&1; then
+            # Debian's own python3 keeps venv in a separate package.
+            apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+            python3 -m venv .venv-tools
+        fi
         .venv-tools/bin/pip install --quiet --disable-pip-version-check uwsgitop==0.12
     fi
 fi
