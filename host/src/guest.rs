@@ -181,6 +181,9 @@ pub enum Served {
     Trapped(String),
     /// The guest ran past the request timeout and was interrupted.
     TimedOut,
+    /// The guest returned without setting a response: an instance in a state where it
+    /// cannot answer (e.g. a JavaScript engine whose single fetch event is spent).
+    NoResponse,
 }
 
 impl Instance {
@@ -285,8 +288,13 @@ impl Instance {
         };
         match result {
             Ok(()) => {
-                send(&reply, Err(ServeError::NoResponse));
-                Served::Ok
+                let answered = reply.lock().map(|r| r.is_none()).unwrap_or(true);
+                if answered {
+                    Served::Ok
+                } else {
+                    send(&reply, Err(ServeError::NoResponse));
+                    Served::NoResponse
+                }
             }
             Err(e) => {
                 let reason = trap_reason(&e);

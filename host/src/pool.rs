@@ -58,17 +58,20 @@ pub enum Recycle {
     Timeout,
     /// A new component version was swapped in.
     Swap,
+    /// The guest returned without a response; its instance is presumed broken.
+    NoResponse,
 }
 
 impl Recycle {
     /// Every reason, in a fixed order (the index of the per-reason counters).
-    pub const ALL: [Recycle; 6] = [
+    pub const ALL: [Recycle; 7] = [
         Recycle::Lifetime,
         Recycle::Requests,
         Recycle::Memory,
         Recycle::Trap,
         Recycle::Timeout,
         Recycle::Swap,
+        Recycle::NoResponse,
     ];
 
     /// The reason as a log field and metric label.
@@ -80,6 +83,7 @@ impl Recycle {
             Recycle::Trap => "trap",
             Recycle::Timeout => "timeout",
             Recycle::Swap => "swap",
+            Recycle::NoResponse => "no_response",
         }
     }
 
@@ -140,7 +144,7 @@ pub struct PoolStats {
     /// One entry per worker, index = id - 1.
     pub workers: Vec<WorkerStats>,
     /// Replacements per [`Recycle`] reason, indexed like [`Recycle::ALL`].
-    pub recycles: [AtomicU64; 6],
+    pub recycles: [AtomicU64; 7],
     /// Requests refused with 503 because the queue was full.
     pub rejected: AtomicU64,
     /// Workers running a request now.
@@ -521,6 +525,16 @@ impl Inner {
 
             let reason = match outcome {
                 Served::Ok => self.due(&instance, &drawn),
+                Served::NoResponse => {
+                    tracing::warn!(
+                        route = &*self.route,
+                        worker = id,
+                        %method,
+                        %uri,
+                        "guest returned without a response; replacing its instance"
+                    );
+                    Some(Recycle::NoResponse)
+                }
                 Served::Trapped(trap) => {
                     tracing::warn!(
                         route = &*self.route,
@@ -547,7 +561,10 @@ impl Inner {
             if reason == Some(Recycle::Timeout) {
                 stats.timeouts.fetch_add(1, Ordering::Relaxed);
             }
-            if matches!(reason, Some(Recycle::Trap | Recycle::Timeout)) {
+            if matches!(
+                reason,
+                Some(Recycle::Trap | Recycle::Timeout | Recycle::NoResponse)
+            ) {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 job.trace.failed.store(true, Ordering::Release);
             }

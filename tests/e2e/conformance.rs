@@ -11,7 +11,7 @@ use crate::{reference_sequence, start};
 use fibhost_e2e::{Http, guests};
 
 /// Checks one guest against the whole API.
-async fn check(name: &str, component: &str) {
+async fn check(name: &str, component: &str, extra: &[&str]) {
     if !std::path::Path::new(component).exists() {
         let required = std::env::var("FIBHOST_REQUIRE_ALL_GUESTS").is_ok_and(|v| v == "1");
         assert!(
@@ -21,7 +21,9 @@ async fn check(name: &str, component: &str) {
         eprintln!("skipping conformance for `{name}`: {component} is not built");
         return;
     }
-    let server = start(component, &["--workers", "2", "--disable-logging"]);
+    let args =
+        |workers: &'static str| [&["--workers", workers, "--disable-logging"], extra].concat();
+    let server = start(component, &args("2"));
     let http = Http::new();
 
     let big = |zeros: usize| format!("1{}", "0".repeat(zeros));
@@ -102,7 +104,7 @@ async fn check(name: &str, component: &str) {
     drop(server);
 
     // Reuse: one worker, 1,000 sequential requests on the same instance; no state may leak.
-    let server = start(component, &["--workers", "1", "--disable-logging"]);
+    let server = start(component, &args("1"));
     for i in 0..1000u64 {
         let n = (i * 7919) % 100_000 + if i % 10 == 0 { 10u64.pow(15) } else { 0 };
         let path = if i % 50 == 49 {
@@ -138,13 +140,14 @@ fn assert_error_json(name: &str, reply: &fibhost_e2e::Reply) {
 }
 
 /// Declares one conformance test per guest.
+/// `name => path` or `name => path, "--extra", "fibhost args"`.
 macro_rules! conformance {
-    ($($test:ident => $path:expr),* $(,)?) => {
+    ($($test:ident => $path:expr $(, $arg:literal)*);* $(;)?) => {
         $(
             #[tokio::test(flavor = "multi_thread")]
             async fn $test() {
                 let path: String = $path.into();
-                check(stringify!($test), &path).await;
+                check(stringify!($test), &path, &[$($arg),*]).await;
             }
         )*
     };
@@ -155,8 +158,10 @@ fn built(file: &str) -> String {
 }
 
 conformance! {
-    rust => guests::FIB,
-    python => built("python-fib.wasm"),
-    javascript => built("js-fib.wasm"),
-    c => built("c-fib.wasm"),
+    rust => guests::FIB;
+    python => built("python-fib.wasm");
+    // StarlingMonkey serves one fetch event per instance (guests/README.md): this guest needs
+    // a fresh instance per request, which fibhost's ready spares provide.
+    javascript => built("js-fib.wasm"), "--max-requests", "1";
+    c => built("c-fib.wasm");
 }

@@ -192,6 +192,7 @@ async fn traps_and_timeouts_cost_one_request_and_one_instance() {
         ("/stack", 500, "the guest failed"),
         ("/alloc", 500, "the guest failed"),
         ("/loop", 504, "request timeout"),
+        ("/noreply", 500, "returned without sending a response"),
     ] {
         assert!(count(&http, &server).await >= 1);
         let reply = http.get(&server.url(path)).await.unwrap();
@@ -203,6 +204,7 @@ async fn traps_and_timeouts_cost_one_request_and_one_instance() {
     }
     server.wait_for_output("reason=\"trap\"", Duration::from_secs(10));
     server.wait_for_output("reason=\"timeout\"", Duration::from_secs(10));
+    server.wait_for_output("reason=\"no_response\"", Duration::from_secs(10));
     server.wait_for_output(
         "guest ran past the request timeout and was interrupted route=\"/\" worker=1 method=GET uri=/loop",
         Duration::from_secs(10),

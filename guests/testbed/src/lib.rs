@@ -10,6 +10,7 @@
 //! | `/loop` | spins forever (CPU) |
 //! | `/alloc` | allocates until allocation fails |
 //! | `/panic` | panics |
+//! | `/noreply` | returns without sending a response |
 //! | `/stack` | recurses until the stack overflows |
 //! | `/stream?mib=N` | streams an N MiB body (default 100) |
 //! | `/stall` | sends headers and a first chunk, then waits forever |
@@ -81,6 +82,8 @@ impl Guest for Testbed {
                 }
             }
             "/panic" => panic!("testbed was asked to panic"),
+            // Returns without setting a response (dropping the outparam unanswered).
+            "/noreply" => drop(response_out),
             "/stack" => reply(response_out, 200, recurse(black_box(1)).to_string()),
             "/stream" => {
                 let mib = number("mib", 100) as usize;
