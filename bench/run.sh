@@ -22,8 +22,9 @@
 #   2. Systems, each started afresh for every measurement, listening on 127.0.0.1 only:
 #      native (bench/native), fibhost with the access log on and off, fibhost recycling every
 #      second (--max-worker-lifetime 1) and after every request (--max-requests 1), fibhost
-#      with guests/{python,js,c}-fib.wasm when those exist, `wasmtime serve -S cli` without
-#      and with instance reuse (when installed), uWSGI + Flask with the article's settings.
+#      with guests/{python,js,c}-fib.wasm when those exist (JavaScript with --max-requests 1,
+#      as StarlingMonkey requires), `wasmtime serve -S cli` without and with instance reuse
+#      (when installed), uWSGI + Flask with the article's settings.
 #   3. Loads: the article's `ab -c 500 -n 20000 /9000` (a new connection per request) and a
 #      keep-alive load at 500 connections for 10 s (wrk, or oha with --oha).
 #   4. Each measurement: time from spawn to the first 200 on /9000; that body compared with
@@ -264,8 +265,10 @@ system_command() {
         fibhost-nolog) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}") ;;
         fibhost-lifetime1) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}" --max-worker-lifetime 1) ;;
         fibhost-maxreq1) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}" --max-requests 1) ;;
-        fibhost-python | fibhost-js | fibhost-c)
-            CMD=("${fibhost[@]}" "guests/${1#fibhost-}-fib.wasm" "${quiet[@]}") ;;
+        fibhost-python | fibhost-c) CMD=("${fibhost[@]}" "guests/${1#fibhost-}-fib.wasm" "${quiet[@]}") ;;
+        # StarlingMonkey serves one fetch event per instance (see the README's guest section):
+        # compare this one with fibhost-maxreq1.
+        fibhost-js) CMD=("${fibhost[@]}" guests/js-fib.wasm "${quiet[@]}" --max-requests 1) ;;
         wasmtime) CMD=(wasmtime serve -S cli --addr 127.0.0.1:0 guests/fib.wasm) ;;
         wasmtime-reuse)
             CMD=(wasmtime serve -S cli --max-instance-reuse-count "$reuse_all" --addr 127.0.0.1:0 guests/fib.wasm) ;;
