@@ -59,8 +59,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// The workers.
     pub pool: Pool,
-    /// Request-path metric handles.
-    pub metrics: RouteMetrics,
+    /// Request-path metric handles (shared by every response of the route).
+    pub metrics: Arc<RouteMetrics>,
     /// The file the running version came from (a swap may name another).
     pub component: Mutex<PathBuf>,
     /// Path requested from a new version before it takes traffic.
@@ -85,7 +85,7 @@ pub struct App {
     /// The Prometheus registry.
     pub metrics: Metrics,
     /// Metrics for requests that matched no route.
-    pub unrouted: RouteMetrics,
+    pub unrouted: Arc<RouteMetrics>,
     /// Swap outcomes, per route.
     pub swaps: Arc<SwapCounters>,
     /// Longest a swap waits for busy workers to move to the new version before reporting.
@@ -128,7 +128,7 @@ impl App {
             routes.push(Route {
                 prefix: route.prefix.clone(),
                 strip_prefix: route.strip_prefix,
-                metrics: metrics.route(&route.prefix),
+                metrics: Arc::new(metrics.route(&route.prefix)),
                 pool,
                 component: Mutex::new(route.component.clone()),
                 warmup: route.warmup.clone(),
@@ -153,7 +153,7 @@ impl App {
             access_log: config.access_log,
             shutdown_timeout: config.shutdown_timeout,
             draining: AtomicBool::new(false),
-            unrouted: metrics.route(""),
+            unrouted: Arc::new(metrics.route("")),
             metrics,
             swaps,
             swap_drain_wait,

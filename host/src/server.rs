@@ -44,6 +44,9 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
 #[error("{0}")]
 pub struct BodyError(String);
 
+/// How long a response head waits for the first body frame (see `handle`).
+const FIRST_FRAME_WAIT: Duration = Duration::from_millis(1);
+
 /// Most concurrent HTTP/2 streams per connection: like a connection, each holds a queue slot.
 const MAX_H2_STREAMS: u32 = 128;
 
@@ -298,7 +301,12 @@ async fn handle(
             )
         }
     };
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    // Wait briefly for the first body frame so that hyper writes head and body in one
+    // syscall (one TCP segment, one wake-up of the client) instead of two: measured as the
+    // largest per-request cost on loopback. A guest that streams late still gets its head out
+    // after FIRST_FRAME_WAIT.
+    let peeked = tokio::time::timeout(FIRST_FRAME_WAIT, body.frame()).await.ok();
     if app.draining.load(Ordering::Acquire) && parts.version < http::Version::HTTP_2 {
         parts.headers.insert(
             header::CONNECTION,
@@ -307,6 +315,7 @@ async fn handle(
     }
     let body = TracedBody {
         inner: body,
+        peeked,
         trace,
         bytes: 0,
         status: parts.status.as_u16(),
@@ -396,12 +405,14 @@ struct AccessRecord {
 /// error (not a clean end), and write the access log line when the response is done.
 struct TracedBody {
     inner: ResponseBody,
+    /// What polling `inner` already gave (`Some(None)`: the end), sent before polling again.
+    peeked: Option<Option<Result<Frame<Bytes>, BodyError>>>,
     trace: Option<Arc<JobTrace>>,
     bytes: u64,
     status: u16,
     started: Instant,
     record: Option<AccessRecord>,
-    metrics: RouteMetrics,
+    metrics: Arc<RouteMetrics>,
     /// The serving pool's counters, for the worker's `tx` bytes.
     pool: Option<Arc<PoolStats>>,
     _in_flight: InFlight,
@@ -415,7 +426,10 @@ impl Body for TracedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = match self.peeked.take() {
+            Some(frame) => Poll::Ready(frame),
+            None => Pin::new(&mut self.inner).poll_frame(cx),
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -438,7 +452,7 @@ impl Body for TracedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.peeked.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
