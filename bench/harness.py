@@ -282,8 +282,8 @@ def report(run_dir, out):
             extra_us = (1 / fresh - 1 / base) * 1e6
             derived.append(
                 f"- {load['short']}: a fresh instance per request costs ≈ {extra_us:,.1f} µs of "
-                f"wall time per request at saturation (≈ {extra_us * meta['cpus']:,.0f} CPU-µs "
-                "if both CPUs were busy), from fibhost-maxreq1 vs fibhost-nolog."
+                "wall time per request at saturation on this machine (fibhost-maxreq1 vs "
+                "fibhost-nolog; the load generator shares the CPUs, so this is not CPU time)."
             )
     if derived:
         lines += ["## Derived: instantiation cost", ""] + derived + [""]
