@@ -58,6 +58,7 @@ async fn run(cli: Cli, config: Config) -> Result<()> {
     // Everything that can fail about the components, the certificate and the addresses
     // fails here, before the public port takes a single connection.
     let app = App::build(&config).await?;
+    release_startup_memory();
     let tls = config
         .tls
         .as_ref()
@@ -106,4 +107,16 @@ async fn run(cli: Cli, config: Config) -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("Serving {} on {scheme}://{addr}/", scheme.to_uppercase());
     server::serve(listener, app, tls, signals::shutdown()).await
+}
+
+/// Compiling components (cranelift, on several threads) leaves megabytes of freed memory in
+/// glibc's per-thread arenas; the server never needs it again, so hand it back to the OS
+/// before serving. Measured: 4 workers of the Rust guest, cold cache, 34 MB → 32 MB RSS.
+fn release_startup_memory() {
+    #[expect(unsafe_code, reason = "FFI call with no arguments to manage the global allocator")]
+    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel; it touches
+    // no memory that is in use and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
