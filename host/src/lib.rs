@@ -76,8 +76,8 @@ pub struct App {
     pub loader: Loader,
     /// Limits on client input.
     pub limits: HttpLimits,
-    /// Whether each request is logged.
-    pub access_log: bool,
+    /// Where each request is logged; `None` with `disable-logging`.
+    pub access_log: Option<logging::AccessLog>,
     /// Bound on the drain after a shutdown signal.
     pub shutdown_timeout: Duration,
     /// Set once shutdown begins: readiness turns 503, responses carry `Connection: close`.
@@ -95,7 +95,8 @@ pub struct App {
 impl App {
     /// Builds the engine, then loads, checks and instantiates every component. All of a
     /// component's failures surface here, before any port is bound.
-    pub async fn build(config: &Config) -> Result<Arc<App>> {
+    /// `access_log` is the writer for the per-request log (used unless `disable-logging`).
+    pub async fn build(config: &Config, access_log: logging::AccessLog) -> Result<Arc<App>> {
         let workers = config.routes.iter().map(|r| r.workers).sum();
         let max_memory = config
             .routes
@@ -150,7 +151,7 @@ impl App {
             routes,
             loader,
             limits: config.limits.clone(),
-            access_log: config.access_log,
+            access_log: config.access_log.then_some(access_log),
             shutdown_timeout: config.shutdown_timeout,
             draining: AtomicBool::new(false),
             unrouted: Arc::new(metrics.route("")),

@@ -3,9 +3,18 @@
 //!
 //! Targets: `fibhost::access` (one line per request), `fibhost::guest` (guest stdout and
 //! stderr, one line per line written), everything else is the server's own. `RUST_LOG`
-//! overrides the default filter (`info`).
+//! overrides the default filter (`info`) for all but the access log, which `disable-logging`
+//! controls.
+//!
+//! The access log bypasses `tracing`: going through the subscriber (filter, field visitors,
+//! timestamp formatting) cost ~17% of keep-alive throughput; [`AccessLog`] formats the same
+//! line by hand into the same non-blocking writer.
 
-use tracing_appender::non_blocking::WorkerGuard;
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -13,12 +22,17 @@ use crate::config::LogFormat;
 /// Lines buffered before the writer starts dropping (and counting) them instead of blocking.
 const BUFFERED_LINES: usize = 256 * 1024;
 
-/// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes.
-pub fn init(format: LogFormat) -> WorkerGuard {
+/// Installs the global subscriber and returns the access log writer with the guard. Keep the
+/// guard alive until exit: dropping it flushes.
+pub fn init(format: LogFormat) -> (AccessLog, WorkerGuard) {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
         .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let access = AccessLog {
+        writer: writer.clone(),
+        format,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -26,5 +40,107 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    guard
+    (access, guard)
+}
+
+/// One access-log line per request, in the format of the rest of the log (text or JSON).
+#[derive(Clone)]
+pub struct AccessLog {
+    writer: NonBlocking,
+    format: LogFormat,
+}
+
+/// What one access-log line says.
+pub struct AccessEntry<'a> {
+    /// Request method.
+    pub method: &'a str,
+    /// Path and query as sent.
+    pub path: &'a str,
+    /// Response status.
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    /// From request head to the end of the response body.
+    pub duration_us: u64,
+    /// The worker that served it (0: none).
+    pub worker: usize,
+}
+
+thread_local! {
+    /// Reused line buffer and the formatted date of the last second seen.
+    static SCRATCH: RefCell<(Vec<u8>, u64, String)> = const { RefCell::new((Vec::new(), u64::MAX, String::new())) };
+}
+
+impl AccessLog {
+    /// Writes `entry` (through the background writer: never blocks on the terminal or pipe).
+    pub fn write(&self, entry: &AccessEntry<'_>) {
+        SCRATCH.with(|scratch| {
+            let (line, cached_secs, cached_date) = &mut *scratch.borrow_mut();
+            line.clear();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            if now.as_secs() != *cached_secs {
+                *cached_secs = now.as_secs();
+                *cached_date = rfc3339_seconds(now.as_secs());
+            }
+            let micros = now.subsec_micros();
+            let e = entry;
+            // Writing into a Vec cannot fail.
+            let _ = match self.format {
+                LogFormat::Text => writeln!(
+                    line,
+                    "{cached_date}.{micros:06}Z  INFO fibhost::access: method={} path={} status={} \
+                     bytes={} duration_us={} worker={}",
+                    e.method, e.path, e.status, e.bytes, e.duration_us, e.worker
+                ),
+                LogFormat::Json => writeln!(
+                    line,
+                    "{{\"timestamp\":\"{cached_date}.{micros:06}Z\",\"level\":\"INFO\",\
+                     \"target\":\"fibhost::access\",\"method\":{},\"path\":{},\"status\":{},\
+                     \"bytes\":{},\"duration_us\":{},\"worker\":{}}}",
+                    serde_json::Value::from(e.method),
+                    serde_json::Value::from(e.path),
+                    e.status,
+                    e.bytes,
+                    e.duration_us,
+                    e.worker
+                ),
+            };
+            // A clone is a channel sender: cheap, and it gives the `&mut` that `Write` needs.
+            let _ = self.writer.clone().write_all(line);
+        });
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) for a Unix time, by the days-to-civil algorithm.
+fn rfc3339_seconds(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_seconds;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(rfc3339_seconds(0), "1970-01-01T00:00:00");
+        assert_eq!(rfc3339_seconds(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(rfc3339_seconds(1_795_609_845), "2026-11-25T12:30:45");
+    }
 }

@@ -30,12 +30,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _log = fibhost::logging::init(config.log_format);
+    let (access_log, _log) = fibhost::logging::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime builds unless the process is out of threads or memory");
-    match runtime.block_on(run(cli, config)) {
+    match runtime.block_on(run(cli, config, access_log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -54,10 +54,10 @@ fn load_config(cli: &Cli) -> Result<Config> {
     settings.resolve()
 }
 
-async fn run(cli: Cli, config: Config) -> Result<()> {
+async fn run(cli: Cli, config: Config, access_log: fibhost::logging::AccessLog) -> Result<()> {
     // Everything that can fail about the components, the certificate and the addresses
     // fails here, before the public port takes a single connection.
-    let app = App::build(&config).await?;
+    let app = App::build(&config, access_log).await?;
     release_startup_memory();
     let tls = config
         .tls
@@ -113,7 +113,10 @@ async fn run(cli: Cli, config: Config) -> Result<()> {
 /// glibc's per-thread arenas; the server never needs it again, so hand it back to the OS
 /// before serving. Measured: 4 workers of the Rust guest, cold cache, 34 MB → 32 MB RSS.
 fn release_startup_memory() {
-    #[expect(unsafe_code, reason = "FFI call with no arguments to manage the global allocator")]
+    #[expect(
+        unsafe_code,
+        reason = "FFI call with no arguments to manage the global allocator"
+    )]
     // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel; it touches
     // no memory that is in use and is safe to call from any thread at any time.
     unsafe {

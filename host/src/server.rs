@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use hyper_util::server::graceful::Watcher;
 
 use crate::error::ServeError;
+use crate::logging::{AccessEntry, AccessLog};
 use crate::metrics::{InFlight, RouteMetrics};
 use crate::pool::{JobTrace, PoolStats};
 use crate::tls::Tls;
@@ -272,7 +273,8 @@ async fn handle(
     scheme: Scheme,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
-    let record = app.access_log.then(|| AccessRecord {
+    let record = app.access_log.clone().map(|log| AccessRecord {
+        log,
         method: request.method().to_string(),
         target: request
             .uri()
@@ -306,7 +308,9 @@ async fn handle(
     // syscall (one TCP segment, one wake-up of the client) instead of two: measured as the
     // largest per-request cost on loopback. A guest that streams late still gets its head out
     // after FIRST_FRAME_WAIT.
-    let peeked = tokio::time::timeout(FIRST_FRAME_WAIT, body.frame()).await.ok();
+    let peeked = tokio::time::timeout(FIRST_FRAME_WAIT, body.frame())
+        .await
+        .ok();
     if app.draining.load(Ordering::Acquire) && parts.version < http::Version::HTTP_2 {
         parts.headers.insert(
             header::CONNECTION,
@@ -397,6 +401,7 @@ fn guest_body_error(e: wasmtime_wasi_http::Error) -> BodyError {
 
 /// What the access log says about one request, completed when its body is done.
 struct AccessRecord {
+    log: AccessLog,
     method: String,
     target: String,
 }
@@ -475,15 +480,14 @@ impl Drop for TracedBody {
             stats.tx_bytes.fetch_add(self.bytes, Ordering::Relaxed);
         }
         if let Some(record) = &self.record {
-            tracing::info!(
-                target: "fibhost::access",
-                method = %record.method,
-                path = %record.target,
-                status = self.status,
-                bytes = self.bytes,
-                duration_us = self.started.elapsed().as_micros() as u64,
+            record.log.write(&AccessEntry {
+                method: &record.method,
+                path: &record.target,
+                status: self.status,
+                bytes: self.bytes,
+                duration_us: self.started.elapsed().as_micros() as u64,
                 worker,
-            );
+            });
         }
     }
 }

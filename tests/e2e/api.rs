@@ -52,3 +52,23 @@ async fn five_hundred_concurrent_requests_are_all_correct() {
         "--disable-logging must silence the access log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_log_lines_parse() {
+    let server = start(guests::FIB, &["--workers", "1", "--log-format", "json"]);
+    let http = Http::new();
+    http.get(&server.url("/a\"b")).await.unwrap();
+    server.wait_for_output(
+        "\"target\":\"fibhost::access\"",
+        std::time::Duration::from_secs(10),
+    );
+    for line in server.output().lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if value["target"] == "fibhost::access" {
+            assert_eq!(value["path"], "/a\"b");
+            assert_eq!(value["status"], 400);
+            assert_eq!(value["worker"], 1);
+        }
+    }
+}
