@@ -280,6 +280,12 @@ def report(run_dir, out):
         base, fresh = cell(load["name"], "fibhost-nolog", "rps"), cell(load["name"], "fibhost-maxreq1", "rps")
         if base == base and fresh == fresh:
             extra_us = (1 / fresh - 1 / base) * 1e6
+            if extra_us <= 0:
+                derived.append(
+                    f"- {load['short']}: not measurable in this run: fibhost-maxreq1 was not "
+                    "slower than fibhost-nolog (noise, or the load tool was the bottleneck)."
+                )
+                continue
             derived.append(
                 f"- {load['short']}: a fresh instance per request costs ≈ {extra_us:,.1f} µs of "
                 "wall time per request at saturation on this machine (fibhost-maxreq1 vs "
