@@ -461,7 +461,19 @@ impl Body for TracedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        // hyper derives Content-Length from the hint when the head has none: the peeked
+        // frame's bytes are still to come.
+        let peeked = match &self.peeked {
+            Some(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => 0,
+        };
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + peeked);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + peeked);
+        }
+        hint
     }
 }
 

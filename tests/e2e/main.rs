@@ -23,6 +23,28 @@ fn start(component: &str, args: &[&str]) -> fibhost_e2e::Server {
     fibhost_e2e::Server::start(fibhost(), &all)
 }
 
+/// Waits until `server` (started with `--admin-listen`) reports `busy` workers running a
+/// request and `queued` requests waiting, so a test can order its requests without sleeping.
+async fn wait_for_load(server: &fibhost_e2e::Server, busy: u64, queued: u64) {
+    let stats = format!(
+        "http://{}/stats",
+        server.logged_addr("Admin listening on http://")
+    );
+    let http = fibhost_e2e::Http::new();
+    for _ in 0..1000 {
+        let reply = http.get(&stats).await.unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        if stats["load"] == busy && stats["listen_queue"] == queued {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the server never reached {busy} busy and {queued} queued:\n{}",
+        server.output()
+    );
+}
+
 /// Runs fibhost expecting it to fail at startup; returns its output.
 fn fails(args: &[&str]) -> String {
     match fibhost_e2e::Server::try_start(fibhost(), args) {

@@ -242,7 +242,7 @@ async fn readiness_flips_to_503_while_draining() {
         let (http, url) = (http.clone(), server.url("/sleep?ms=3000"));
         async move { http.get(&url).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::wait_for_load(&server, 1, 0).await;
     server.signal("TERM");
     let mut saw_draining = false;
     for _ in 0..50 {

@@ -11,19 +11,29 @@ use fibhost_e2e::{Http, curl, guests};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn full_queue_answers_503_with_retry_after() {
-    let server = start(guests::TESTBED, &["--workers", "1", "--queue", "1"]);
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--queue",
+            "1",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let http = Http::new();
     // One request occupies the only worker, a second waits in the queue of one...
     let busy = tokio::spawn({
         let (http, url) = (http.clone(), server.url("/sleep?ms=3000"));
         async move { http.get(&url).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::wait_for_load(&server, 1, 0).await;
     let queued = tokio::spawn({
         let (http, url) = (http.clone(), server.url("/count"));
         async move { http.get(&url).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::wait_for_load(&server, 1, 1).await;
     // ...so a third is refused at once.
     let refused = http.get(&server.url("/count")).await.unwrap();
     assert_eq!(
@@ -127,7 +137,14 @@ fn http2_prior_knowledge_and_keep_alive() {
 async fn sigterm_lets_in_flight_requests_finish() {
     let mut server = start(
         guests::TESTBED,
-        &["--workers", "2", "--shutdown-timeout", "30"],
+        &[
+            "--workers",
+            "2",
+            "--shutdown-timeout",
+            "30",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
     );
     let http = Http::new();
     let in_flight: Vec<_> = (0..2)
@@ -136,7 +153,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
             tokio::spawn(async move { http.get(&url).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    crate::wait_for_load(&server, 2, 0).await;
     server.signal("TERM");
     for request in in_flight {
         let reply = request

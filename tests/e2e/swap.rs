@@ -221,7 +221,7 @@ async fn a_request_in_flight_finishes_on_the_old_version() {
         let (http, url) = (http.clone(), server.url("/sleep?ms=2000"));
         async move { http.get(&url).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::wait_for_load(&server, 1, 0).await;
     let swap = tokio::spawn({
         let (http, admin) = (
             http.clone(),
