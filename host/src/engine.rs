@@ -28,6 +28,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// ready replacement (make-before-break) and one retiring or being built during a swap.
 const SLOTS_PER_WORKER: u32 = 3;
 
+/// Linear memory per slot kept resident (zeroed in place) when an instance is dropped.
+const KEEP_RESIDENT_MEMORY_BYTES: usize = 1 << 20;
+/// Table memory per slot kept resident when an instance is dropped.
+const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
+
 /// Builds the process-wide engine.
 ///
 /// `workers` is the total over all components and sizes the pooling allocator;
@@ -49,7 +54,15 @@ pub fn new_engine(workers: usize, max_memory_bytes: u64) -> Result<Engine> {
         .total_memories(slots.saturating_mul(2).max(1000))
         .total_tables(slots.saturating_mul(4).max(1000))
         .total_stacks(slots.max(1000))
-        .max_memory_size(max_memory_bytes as usize);
+        .max_memory_size(max_memory_bytes as usize)
+        // Recycling a slot by `madvise` cost a third of the CPU with a fresh instance per
+        // request (TLB shootdowns on every decommit, then copy-on-write faults on first
+        // touch). Zeroing the first pages in place and, where the kernel has PAGEMAP_SCAN
+        // (6.7+), resetting only the dirty pages keeps slots warm: measured ~3x the
+        // throughput of `max-requests = 1`, for at most 1 MiB of resident memory per slot.
+        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES)
+        .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
         .map_err(anyhow::Error::from)
