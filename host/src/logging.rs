@@ -19,6 +19,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Bytes the log writer thread gathers before a write to stderr.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Lines buffered before the writer starts dropping (and counting) them instead of blocking.
 const BUFFERED_LINES: usize = 256 * 1024;
 
@@ -27,7 +30,12 @@ const BUFFERED_LINES: usize = 256 * 1024;
 pub fn init(format: LogFormat) -> (AccessLog, WorkerGuard) {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
-        .finish(std::io::stderr());
+        // stderr is unbuffered: one syscall per line. The writer thread drains everything
+        // queued, then flushes, so a buffer batches lines under load at no added latency.
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUFFER_BYTES,
+            std::io::stderr(),
+        ));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let access = AccessLog {
         writer: writer.clone(),
