@@ -23,6 +23,26 @@ fn start(component: &str, args: &[&str]) -> fibhost_e2e::Server {
     fibhost_e2e::Server::start(fibhost(), &all)
 }
 
+/// `http://ADMIN` + `path` for a server started with `--admin-listen`.
+fn admin_url(server: &fibhost_e2e::Server, path: &str) -> String {
+    format!(
+        "http://{}{path}",
+        server.logged_addr("Admin listening on http://")
+    )
+}
+
+/// `POST /admin/reload?query` on the admin listener.
+async fn admin_reload(
+    http: &fibhost_e2e::Http,
+    server: &fibhost_e2e::Server,
+    query: &str,
+) -> fibhost_e2e::Reply {
+    let url = admin_url(server, &format!("/admin/reload?{query}"));
+    http.send(http::Method::POST, &url, "".into())
+        .await
+        .unwrap()
+}
+
 /// Waits until `server` (started with `--admin-listen`) reports `busy` workers running a
 /// request and `queued` requests waiting, so a test can order its requests without sleeping.
 async fn wait_for_load(server: &fibhost_e2e::Server, busy: u64, queued: u64) {

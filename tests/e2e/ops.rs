@@ -10,13 +10,7 @@ use http::{Method, StatusCode};
 use crate::start;
 use fibhost_e2e::{Http, Server, guests};
 
-/// Admin URL of `server` + `path`.
-fn admin(server: &Server, path: &str) -> String {
-    format!(
-        "http://{}{path}",
-        server.logged_addr("Admin listening on http://")
-    )
-}
+use crate::admin_url as admin;
 
 /// Fetches and parses `/metrics` with a Prometheus text-format parser; returns each sample as
 /// `name{k="v",...}` (labels sorted) → value.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use crate::{fibhost, reference_sequence};
 use fibhost_e2e::{Http, Load, Server, curl, guests, temp_dir};
@@ -113,18 +113,12 @@ async fn components_on_prefixes_are_isolated() {
         .text()
         .parse()
         .unwrap();
-    let admin = server.logged_addr("Admin listening on http://");
-    let reply = http
-        .send(
-            Method::POST,
-            &format!(
-                "http://{admin}/admin/reload?route=/fib&component={}",
-                guests::FIB
-            ),
-            "".into(),
-        )
-        .await
-        .unwrap();
+    let reply = crate::admin_reload(
+        &http,
+        &server,
+        &format!("route=/fib&component={}", guests::FIB),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let after: u64 = http
         .get(&server.url("/bed/count"))
@@ -135,19 +129,12 @@ async fn components_on_prefixes_are_isolated() {
         .unwrap();
     assert_eq!(after, before + 1, "the /bed instance was replaced");
     // A component path without a route is ambiguous with several routes.
-    let reply = http
-        .send(
-            Method::POST,
-            &format!("http://{admin}/admin/reload?component={}", guests::FIB),
-            "".into(),
-        )
-        .await
-        .unwrap();
+    let reply = crate::admin_reload(&http, &server, &format!("component={}", guests::FIB)).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 
     // Metrics and stats carry the route.
     let metrics = http
-        .get(&format!("http://{admin}/metrics"))
+        .get(&crate::admin_url(&server, "/metrics"))
         .await
         .unwrap()
         .text();
@@ -169,7 +156,7 @@ async fn components_on_prefixes_are_isolated() {
     );
     let stats: serde_json::Value = serde_json::from_slice(
         &http
-            .get(&format!("http://{admin}/stats"))
+            .get(&crate::admin_url(&server, "/stats"))
             .await
             .unwrap()
             .body,

@@ -22,17 +22,6 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
-async fn reload(http: &Http, server: &Server, query: &str) -> Reply {
-    let admin = server.logged_addr("Admin listening on http://");
-    http.send(
-        Method::POST,
-        &format!("http://{admin}/admin/reload?{query}"),
-        "".into(),
-    )
-    .await
-    .unwrap()
-}
-
 async fn serving_sha(http: &Http, server: &Server) -> String {
     let admin = server.logged_addr("Admin listening on http://");
     let reply = http
@@ -102,7 +91,7 @@ async fn twenty_swaps_under_load_through_file_sighup_and_admin() {
             _ => {
                 current = dir.join(format!("app-{i}.wasm"));
                 std::fs::copy(target, &current).unwrap();
-                let reply = reload(
+                let reply = crate::admin_reload(
                     &http,
                     &server,
                     &format!("route=/&component={}", current.display()),
@@ -179,7 +168,7 @@ async fn broken_components_are_rejected_and_the_old_version_keeps_serving() {
         ("/nonexistent/x.wasm".to_string(), "cannot read component"),
     ];
     for (path, reason) in cases {
-        let reply = reload(&http, &server, &format!("component={path}")).await;
+        let reply = crate::admin_reload(&http, &server, &format!("component={path}")).await;
         assert_eq!(
             reply.status,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -198,7 +187,8 @@ async fn broken_components_are_rejected_and_the_old_version_keeps_serving() {
         );
     }
     // A good file swaps in after all those failures.
-    let reply = reload(&http, &server, &format!("component={}", guests::TESTBED_V2)).await;
+    let reply =
+        crate::admin_reload(&http, &server, &format!("component={}", guests::TESTBED_V2)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(
         http.get(&server.url("/version")).await.unwrap().text(),
@@ -206,7 +196,7 @@ async fn broken_components_are_rejected_and_the_old_version_keeps_serving() {
     );
     let (ok, failed) = load.finish().await;
     assert_eq!(failed, 0, "{failed} failed requests ({ok} ok)");
-    let reply = reload(&http, &server, "route=/nope").await;
+    let reply = crate::admin_reload(&http, &server, "route=/nope").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
 
