@@ -106,13 +106,11 @@ async fn components_on_prefixes_are_isolated() {
     assert!(ok > 0);
 
     // Swapping /fib leaves /bed's instances alone: its counter keeps counting.
-    let before: u64 = http
-        .get(&server.url("/bed/count"))
-        .await
-        .unwrap()
-        .text()
-        .parse()
-        .unwrap();
+    let bed_count = async || -> u64 {
+        let reply = http.get(&server.url("/bed/count")).await.unwrap();
+        reply.text().parse().unwrap()
+    };
+    let before = bed_count().await;
     let reply = crate::admin_reload(
         &http,
         &server,
@@ -120,13 +118,7 @@ async fn components_on_prefixes_are_isolated() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let after: u64 = http
-        .get(&server.url("/bed/count"))
-        .await
-        .unwrap()
-        .text()
-        .parse()
-        .unwrap();
+    let after = bed_count().await;
     assert_eq!(after, before + 1, "the /bed instance was replaced");
     // A component path without a route is ambiguous with several routes.
     let reply = crate::admin_reload(&http, &server, &format!("component={}", guests::FIB)).await;
