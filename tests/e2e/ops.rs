@@ -342,15 +342,7 @@ async fn stats_json_and_socket_speak_uwsgi() {
         );
         return;
     }
-    let output = std::process::Command::new("script")
-        .args([
-            "-qec",
-            &format!("stty rows 40 cols 200; TERM=xterm timeout 3 {uwsgitop} {stats_addr}"),
-            "/dev/null",
-        ])
-        .output()
-        .expect("`script` (util-linux) runs uwsgitop in a pseudo-terminal");
-    let screen = String::from_utf8_lossy(&output.stdout);
+    let screen = tokio::task::block_in_place(|| uwsgitop_screen(&uwsgitop, stats_addr));
     assert!(!screen.contains("Traceback"), "uwsgitop failed:\n{screen}");
     assert!(
         screen.contains("WID") && screen.contains("fibhost"),
@@ -380,4 +372,50 @@ fn reuse_port_lets_two_processes_share_a_port() {
         assert!(ok);
         assert_eq!(body, "[0, 1, 1, 2, 3, 5]");
     }
+}
+
+/// Runs the real uwsgitop against `addr` in a pseudo-terminal (`script`, from
+/// util-linux) and returns what it drew, once the worker table is on screen.
+///
+/// uwsgitop has no one-shot mode, so the screen is read as it arrives and the
+/// program is stopped once the table is there. No fixed window: on a loaded CI
+/// machine Python alone can take seconds to start. The 120 s `timeout` only
+/// bounds a uwsgitop that never draws; the failure message then carries
+/// everything `script` printed and its exit status.
+fn uwsgitop_screen(uwsgitop: &str, addr: std::net::SocketAddr) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("script")
+        .args([
+            "-qfec",
+            &format!("stty rows 40 cols 200; TERM=xterm exec timeout 120 {uwsgitop} {addr}"),
+            "/dev/null",
+        ])
+        // Held open: `script` ends the session when its input reaches EOF.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs uwsgitop in a pseudo-terminal");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut screen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&screen);
+        if text.contains("WID") && text.contains("fibhost") {
+            break;
+        }
+        match stdout.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => screen.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let _ = child.kill();
+    let mut errors = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut errors);
+    let status = child.wait().unwrap();
+    let mut screen = String::from_utf8_lossy(&screen).into_owned();
+    if !screen.contains("WID") {
+        screen.push_str(&format!("\n[script exited: {status}; stderr: {errors}]"));
+    }
+    screen
 }
