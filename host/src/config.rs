@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_HEADER_KIB: u64 = 64;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// Default cap on simultaneously open client connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Most accepted `--threads`.
+pub const MAX_THREADS: usize = 256;
 /// Longest accepted `--workers`: each worker holds an instance slot in the pooling allocator.
 pub const MAX_WORKERS: usize = 1024;
 
@@ -63,6 +65,12 @@ pub struct Settings {
     /// [default: number of CPUs].
     #[arg(long, env = "FIBHOST_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Event-loop threads: each accepts connections and runs its share of the workers, so a
+    /// request is parsed, served by the guest and answered on one thread
+    /// [default: number of CPUs].
+    #[arg(long, env = "FIBHOST_THREADS")]
+    pub threads: Option<usize>,
 
     /// Address to listen on; port 0 picks a free port (the startup line prints the real one)
     /// [default: 127.0.0.1:8080].
@@ -353,7 +361,7 @@ impl Settings {
     /// Returns `self` with every unset option taken from `fallback`.
     pub fn or(mut self, fallback: Settings) -> Settings {
         layer!(self, fallback;
-            component, workers, listen, queue, max_requests, max_worker_lifetime_secs,
+            component, workers, threads, listen, queue, max_requests, max_worker_lifetime_secs,
             lifetime_jitter, min_worker_lifetime_secs, reload_on_memory_mib,
             request_timeout_secs, memory_limit_mib, env, max_body_mib, max_header_kib,
             header_read_timeout_secs, max_connections, disable_logging, log_format,
@@ -393,6 +401,10 @@ impl Settings {
             }
             routes.push(resolved);
         }
+        let threads = self.threads.unwrap_or_else(default_workers);
+        if threads == 0 || threads > MAX_THREADS {
+            bail!("`threads` must be between 1 and {MAX_THREADS}, got {threads}");
+        }
         let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 {
             bail!("`max-connections` must be at least 1");
@@ -414,6 +426,7 @@ impl Settings {
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
             routes,
+            threads,
             limits: HttpLimits {
                 max_body_bytes: self.max_body_mib.unwrap_or(DEFAULT_MAX_BODY_MIB) * MIB,
                 max_header_bytes: (max_header_kib * 1024) as usize,
@@ -499,6 +512,7 @@ impl Settings {
 
 const MIB: u64 = 1024 * 1024;
 
+/// One worker, and one event-loop thread, per CPU.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -564,6 +578,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Components and where they are mounted.
     pub routes: Vec<RouteConfig>,
+    /// Event-loop threads (each with its own runtime, connections and workers).
+    pub threads: usize,
     /// Limits on what clients may send.
     pub limits: HttpLimits,
     /// Whether each request is logged.
@@ -743,6 +759,7 @@ mod tests {
     fn bad_values_name_their_key() {
         for (toml, key) in [
             ("workers = 0", "`workers`"),
+            ("threads = 0", "`threads`"),
             ("lifetime-jitter = 1.5", "`lifetime-jitter`"),
             ("memory-limit = 0", "`memory-limit`"),
             ("shutdown-timeout = -1", "`shutdown-timeout`"),

@@ -10,6 +10,7 @@
 //!   checked, pre-instantiated version.
 //! - [`guest`]: one guest instance: its store, its limits, serving one request.
 //! - [`pool`]: the workers of one component: queue, recycling, make-before-break, hot swap.
+//! - [`shards`]: the event-loop threads that accept connections and run the workers.
 //! - [`server`]: the listener, routing, access log and graceful drain.
 //! - [`error`]: every host-side failure and the one place it becomes an HTTP response.
 //! - [`logging`]: the process log (text or JSON) behind a non-blocking writer.
@@ -34,6 +35,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod server;
+pub mod shards;
 pub mod signals;
 pub mod swap;
 pub mod tls;
@@ -50,6 +52,7 @@ use config::HttpLimits;
 use engine::Loader;
 use metrics::{Metrics, RouteMetrics, SwapCounters};
 use pool::Pool;
+use shards::Shards;
 
 /// One mounted component: its prefix, its pool and its request metrics.
 pub struct Route {
@@ -90,6 +93,8 @@ pub struct App {
     pub swaps: Arc<SwapCounters>,
     /// Longest a swap waits for busy workers to move to the new version before reporting.
     pub swap_drain_wait: Duration,
+    /// The event-loop threads that accept connections and run the workers.
+    pub shards: Shards,
 }
 
 impl App {
@@ -107,6 +112,7 @@ impl App {
         let engine = engine::new_engine(workers, max_memory)?;
         engine::start_epoch_ticker(&engine);
         let loader = Loader::new(engine, config.cache_dir.as_deref())?;
+        let shards = Shards::start(config.threads)?;
         let mut metrics = Metrics::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
@@ -125,7 +131,7 @@ impl App {
                 workers = route.workers,
                 "component loaded"
             );
-            let pool = Pool::start(route, version).await?;
+            let pool = Pool::start(route, version, &shards).await?;
             routes.push(Route {
                 prefix: route.prefix.clone(),
                 strip_prefix: route.strip_prefix,
@@ -158,6 +164,7 @@ impl App {
             metrics,
             swaps,
             swap_drain_wait,
+            shards,
         }))
     }
 

@@ -31,7 +31,9 @@ fn main() -> ExitCode {
         }
     };
     let (access_log, _log) = fibhost::logging::init(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The control plane: startup, admin, signals, hot swap, spare instances. Requests are
+    // served on the event-loop threads that `App::build` starts (see `fibhost::shards`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime builds unless the process is out of threads or memory");

@@ -2,9 +2,14 @@
 //! fed from one bounded queue, with replacement instances built ahead of need.
 //!
 //! # Design
-//! - **Dispatch.** A request becomes a [`Job`] on a bounded MPMC channel; an idle worker is
-//!   parked in `recv`, so a job reaches it at once, and past `queue` waiting jobs `try_send`
-//!   fails and the client gets 503. One request per instance at a time, as in uWSGI.
+//! - **Lanes.** Workers are dealt out over the event-loop threads ([`crate::shards`]); the
+//!   workers of one thread share a [`Lane`]: a channel of [`Job`]s they are parked on. A
+//!   request goes to its own thread's lane when a worker there is free, else to a lane of
+//!   another thread with a free worker, else it waits in its own thread's lane. So in the
+//!   common case the connection task and the worker task run on the same thread, and a
+//!   request never waits while a worker elsewhere is idle.
+//! - **Admission.** At most `queue` requests wait beyond those a free worker is about to take;
+//!   past that the client gets 503 at once. One request per instance at a time, as in uWSGI.
 //! - **Make-before-break.** A [`Generation`] (one loaded component version) owns a channel of
 //!   ready spare instances that a spawner task keeps topped up. A worker recycling its instance
 //!   takes a spare first and drops the old instance after, so capacity never dips and no request
@@ -32,6 +37,7 @@ use crate::config::{Lifecycle, RouteConfig};
 use crate::engine::{Version, VersionId};
 use crate::error::ServeError;
 use crate::guest::{GuestRequest, GuestResponse, Instance, InstanceSpec, Served};
+use crate::shards::Shards;
 
 /// Ready spares kept per component in steady state: enough for recycles to be instant, few
 /// enough that idle spares cost little memory.
@@ -181,14 +187,31 @@ pub struct Pool {
     inner: Arc<Inner>,
 }
 
+/// The workers of one component on one event-loop thread, and the jobs sent to them.
+struct Lane {
+    jobs: async_channel::Sender<Job>,
+    jobs_rx: async_channel::Receiver<Job>,
+    /// Workers on this lane.
+    workers: usize,
+    /// Jobs sent to this lane and not finished (queued or running).
+    pending: AtomicUsize,
+}
+
+impl Lane {
+    /// Whether a worker of this lane is free for one more job.
+    fn has_free_worker(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) < self.workers
+    }
+}
+
 struct Inner {
     route: Arc<str>,
     spec: InstanceSpec,
     lifecycle: Lifecycle,
     workers: usize,
     queue: usize,
-    jobs: async_channel::Sender<Job>,
-    jobs_rx: async_channel::Receiver<Job>,
+    /// One per event-loop thread, by shard index (a lane may have no workers).
+    lanes: Vec<Lane>,
     generation: watch::Sender<Arc<Generation>>,
     /// Serialises swaps of this component.
     swapping: tokio::sync::Mutex<()>,
@@ -205,10 +228,10 @@ pub struct SwapReport {
 }
 
 impl Pool {
-    /// Creates the pool and all its instances (one per worker), then starts the workers and
-    /// the spare spawner. Fails if the component cannot be instantiated, before any port is
-    /// bound.
-    pub async fn start(config: &RouteConfig, version: Version) -> Result<Pool> {
+    /// Creates the pool and all its instances (one per worker), then starts the workers on
+    /// the event-loop threads and the spare spawner on the calling runtime. Fails if the
+    /// component cannot be instantiated, before any port is bound.
+    pub async fn start(config: &RouteConfig, version: Version, shards: &Shards) -> Result<Pool> {
         let (route, workers, queue) = (config.prefix.as_str(), config.workers, config.queue);
         let lifecycle = config.lifecycle.clone();
         let spec = InstanceSpec::for_route(config);
@@ -217,7 +240,21 @@ impl Pool {
                 .await
                 .with_context(|| format!("cannot instantiate the component for `{route}`"))?,
         );
-        let (jobs, jobs_rx) = async_channel::bounded(queue.max(1));
+        let lanes = (0..shards.len())
+            .map(|shard| {
+                let lane_workers = (1..=workers)
+                    .filter(|&id| shards.of_worker(id) == shard)
+                    .count();
+                // Admission bounds what waits overall; this only has to hold all of it.
+                let (jobs, jobs_rx) = async_channel::bounded(queue + workers);
+                Lane {
+                    jobs,
+                    jobs_rx,
+                    workers: lane_workers,
+                    pending: AtomicUsize::new(0),
+                }
+            })
+            .collect();
         let stats = Arc::new(PoolStats {
             workers: (0..workers).map(|_| WorkerStats::default()).collect(),
             recycles: Default::default(),
@@ -232,8 +269,7 @@ impl Pool {
             lifecycle,
             workers,
             queue,
-            jobs,
-            jobs_rx,
+            lanes,
             generation: watch::Sender::new(generation.clone()),
             swapping: tokio::sync::Mutex::new(()),
             stats,
@@ -244,7 +280,8 @@ impl Pool {
                 .try_recv()
                 .expect("prepare() filled one instance per worker");
             generation.adopt(workers);
-            tokio::spawn(inner.clone().run_worker(id, instance));
+            let shard = shards.of_worker(id);
+            shards.handles()[shard].spawn(inner.clone().run_worker(id, shard, instance));
         }
         tokio::spawn(inner.clone().run_spawner(generation));
         Ok(Pool { inner })
@@ -272,7 +309,7 @@ impl Pool {
 
     /// Jobs waiting for a worker.
     pub fn queue_depth(&self) -> usize {
-        self.inner.jobs.len()
+        self.inner.lanes.iter().map(|lane| lane.jobs.len()).sum()
     }
 
     /// Live counters.
@@ -286,7 +323,7 @@ impl Pool {
     }
 
     /// Queues `request` for a worker and waits for the guest's response (its head; the body
-    /// streams on). Fails at once with 503 when the queue is full.
+    /// streams on). Fails at once with 503 when `queue` requests already wait.
     pub async fn dispatch(
         &self,
         request: GuestRequest,
@@ -298,10 +335,16 @@ impl Pool {
             workers: inner.workers,
             queue: inner.queue,
         };
-        if inner.queue == 0 && inner.stats.busy.load(Ordering::Relaxed) >= inner.workers {
+        let pending: usize = inner
+            .lanes
+            .iter()
+            .map(|lane| lane.pending.load(Ordering::Relaxed))
+            .sum();
+        if pending >= inner.workers + inner.queue {
             inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
             return Err((overloaded(), trace));
         }
+        let lane = &inner.lanes[inner.pick_lane()];
         let (tx, rx) = oneshot::channel();
         let job = Job {
             request,
@@ -309,15 +352,16 @@ impl Pool {
             reply: Arc::new(Mutex::new(Some(tx))),
             trace: trace.clone(),
         };
-        match inner.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(async_channel::TrySendError::Full(_)) => {
-                inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err((overloaded(), trace));
-            }
-            Err(async_channel::TrySendError::Closed(_)) => {
-                return Err((ServeError::ShuttingDown, trace));
-            }
+        lane.pending.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = lane.jobs.try_send(job) {
+            lane.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(match e {
+                async_channel::TrySendError::Full(_) => {
+                    inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    (overloaded(), trace)
+                }
+                async_channel::TrySendError::Closed(_) => (ServeError::ShuttingDown, trace),
+            });
         }
         match rx.await {
             Ok(Ok(response)) => Ok((response, trace)),
@@ -368,7 +412,9 @@ impl Pool {
 
     /// Stops taking requests: workers exit once the queue is empty.
     pub fn close(&self) {
-        self.inner.jobs.close();
+        for lane in &self.inner.lanes {
+            lane.jobs.close();
+        }
         self.inner.generation.borrow().retire();
     }
 }
@@ -423,6 +469,31 @@ struct Drawn {
 }
 
 impl Inner {
+    /// The lane for a new job: this thread's when one of its workers is free, else another
+    /// thread's with a free worker, else this thread's (or, on a thread without workers of
+    /// this component, the lane with the least work per worker).
+    fn pick_lane(&self) -> usize {
+        let own = crate::shards::Shards::current()
+            .filter(|&shard| self.lanes.get(shard).is_some_and(|lane| lane.workers > 0));
+        if let Some(shard) = own
+            && self.lanes[shard].has_free_worker()
+        {
+            return shard;
+        }
+        if let Some(shard) = self.lanes.iter().position(Lane::has_free_worker) {
+            return shard;
+        }
+        own.unwrap_or_else(|| {
+            (0..self.lanes.len())
+                .filter(|&shard| self.lanes[shard].workers > 0)
+                .min_by_key(|&shard| {
+                    let lane = &self.lanes[shard];
+                    lane.pending.load(Ordering::Relaxed) / lane.workers
+                })
+                .expect("a pool has at least one worker")
+        })
+    }
+
     fn draw(&self, instance: &Instance) -> Drawn {
         let l = &self.lifecycle;
         let jitter = |scale: f64| {
@@ -446,8 +517,9 @@ impl Inner {
         }
     }
 
-    async fn run_worker(self: Arc<Self>, id: usize, mut instance: Instance) {
+    async fn run_worker(self: Arc<Self>, id: usize, shard: usize, mut instance: Instance) {
         let stats = &self.stats.workers[id - 1];
+        let lane = &self.lanes[shard];
         instance.assign(id);
         stats.last_spawn.store(unix_now(), Ordering::Relaxed);
         stats
@@ -458,7 +530,7 @@ impl Inner {
         loop {
             let job = tokio::select! {
                 biased;
-                job = self.jobs_rx.recv() => match job {
+                job = lane.jobs_rx.recv() => match job {
                     Ok(job) => job,
                     Err(_) => break,
                 },
@@ -490,6 +562,7 @@ impl Inner {
                 .unwrap_or(true)
             {
                 // The client left while the job was queued: don't run it.
+                lane.pending.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
             if self.is_stale(&instance) {
@@ -575,6 +648,8 @@ impl Inner {
                 instance = self.replace(id, instance, reason, true).await;
                 drawn = self.draw(&instance);
             }
+            // Free for the next job only now, with a fresh instance if this one was spent.
+            lane.pending.fetch_sub(1, Ordering::Relaxed);
         }
         tracing::debug!(route = &*self.route, worker = id, "worker stopped");
     }

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
@@ -78,16 +78,76 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// connections already in the accept backlog are still served (one request each), keep-alive
 /// connections are closed after their current request, and in-flight requests get up to
 /// `app.shutdown_timeout` to finish.
+///
+/// Every event-loop thread of `app.shards` accepts on its own duplicate of `listener` and
+/// serves the connections it accepted; this future only starts them, waits for `shutdown`
+/// and bounds the drain.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = listener.into_std()?;
     let connections = Arc::new(Semaphore::new(app.limits.max_connections));
+    let (stop, stopped) = watch::channel(false);
+    let mut shards = JoinSet::new();
+    for handle in app.shards.handles() {
+        let socket = listener
+            .try_clone()
+            .context("cannot share the listening socket with an event-loop thread")?;
+        let shard = accept_loop(
+            socket,
+            app.clone(),
+            tls.clone(),
+            connections.clone(),
+            stopped.clone(),
+        );
+        shards.spawn_on(shard, handle);
+    }
+    drop(listener);
+    shutdown.await;
+
+    tracing::info!("shutting down: no longer accepting connections");
+    app.draining.store(true, Ordering::Release);
+    let _ = stop.send(true);
+    let drained = async { while shards.join_next().await.is_some() {} };
+    match tokio::time::timeout(app.shutdown_timeout, drained).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!(
+            timeout = ?app.shutdown_timeout,
+            "shutdown timeout reached with requests still in flight; closing them"
+        ),
+    }
+    // Dropping the set aborts the connections still open past the timeout.
+    drop(shards);
+    app.close();
+    Ok(())
+}
+
+/// One event-loop thread's share of [`serve`]: accepts until `stopped` turns true, then
+/// serves its part of the accept backlog and waits for its connections to finish.
+async fn accept_loop(
+    socket: std::net::TcpListener,
+    app: Arc<App>,
+    tls: Option<Arc<Tls>>,
+    connections: Arc<Semaphore>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(socket) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "an event-loop thread cannot watch the listening socket");
+            return;
+        }
+    };
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(connection_builder(&app, true));
-    let mut shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = std::pin::pin!(async move {
+        // The guard is dropped at once: this future stays `Send`.
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
     let mut accept_errors = 0u32;
     loop {
         let permit = tokio::select! {
@@ -125,25 +185,10 @@ pub async fn serve(
             drop(permit);
         });
     }
-
-    tracing::info!("shutting down: no longer accepting connections");
-    app.draining.store(true, Ordering::Release);
-    let backlog = serve_backlog(listener, &app, tls);
-    let drained = async {
-        tokio::join!(graceful.shutdown(), async {
-            let mut backlog = backlog;
-            while backlog.join_next().await.is_some() {}
-        });
-    };
-    match tokio::time::timeout(app.shutdown_timeout, drained).await {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!(
-            timeout = ?app.shutdown_timeout,
-            "shutdown timeout reached with requests still in flight; closing them"
-        ),
-    }
-    app.close();
-    Ok(())
+    let mut backlog = serve_backlog(listener, &app, tls);
+    tokio::join!(graceful.shutdown(), async {
+        while backlog.join_next().await.is_some() {}
+    });
 }
 
 /// Serves the connections that were already waiting in the kernel's accept backlog when the

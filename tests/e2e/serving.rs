@@ -53,6 +53,53 @@ async fn full_queue_answers_503_with_retry_after() {
     assert_eq!(queued.await.unwrap().unwrap().status, StatusCode::OK);
 }
 
+/// Workers are dealt out over the event-loop threads, and each thread accepts its own
+/// connections: a request must reach a free worker on any thread, never wait behind a busy
+/// worker on its own while another is idle. With `queue = 0` a request that waited would hang
+/// here, and one that found no free worker anywhere must get 503 at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_free_worker_on_any_thread_takes_the_request() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--threads",
+            "2",
+            "--workers",
+            "2",
+            "--queue",
+            "0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    // Occupies one more worker with a request that outlives the test.
+    let hold = async |busy: u64| {
+        let url = server.url("/sleep?ms=600000");
+        tokio::spawn(async move { Http::new().get(&url).await });
+        crate::wait_for_load(&server, busy, 0).await;
+    };
+    hold(1).await;
+    // Each request on a new connection, so that both threads accept some of them.
+    for n in 0..20 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(60),
+            Http::new().get(&server.url(&format!("/count?n={n}"))),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "request {n} waited for the busy worker while one was free:\n{}",
+                server.output()
+            )
+        })
+        .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    hold(2).await;
+    let refused = Http::new().get(&server.url("/count")).await.unwrap();
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn body_size_limit() {
     let server = start(guests::TESTBED, &["--workers", "1", "--max-body-size", "1"]);
