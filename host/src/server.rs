@@ -45,8 +45,8 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
 #[error("{0}")]
 pub struct BodyError(String);
 
-/// How long a response head waits for the first body frame (see `handle`).
-const FIRST_FRAME_WAIT: Duration = Duration::from_millis(1);
+/// Turns of this thread's scheduler a response head waits for its first body frame.
+const FIRST_FRAME_TURNS: usize = 2;
 
 /// Most concurrent HTTP/2 streams per connection: like a connection, each holds a queue slot.
 const MAX_H2_STREAMS: u32 = 128;
@@ -349,13 +349,10 @@ async fn handle(
         }
     };
     let (mut parts, mut body) = response.into_parts();
-    // Wait briefly for the first body frame so that hyper writes head and body in one
-    // syscall (one TCP segment, one wake-up of the client) instead of two: measured as the
-    // largest per-request cost on loopback. A guest that streams late still gets its head out
-    // after FIRST_FRAME_WAIT.
-    let peeked = tokio::time::timeout(FIRST_FRAME_WAIT, body.frame())
-        .await
-        .ok();
+    // Take the first body frame along with the head when the guest has already written it, so
+    // that hyper writes head and body in one syscall (one TCP segment, one wake-up of the
+    // client) instead of two: measured as the largest per-request cost on loopback.
+    let peeked = first_frame(&mut body).await;
     if app.draining.load(Ordering::Acquire) && parts.version < http::Version::HTTP_2 {
         parts.headers.insert(
             header::CONNECTION,
@@ -375,6 +372,26 @@ async fn handle(
         _in_flight: in_flight,
     };
     Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// The first frame of `body` if it is ready now or within [`FIRST_FRAME_TURNS`] turns of
+/// the scheduler; `None` if the guest is still computing it (the head then goes out alone).
+///
+/// No timer: the worker runs the guest on this thread and usually writes the whole body in
+/// the same turn that delivers the head, so the frame is almost always there on the first
+/// poll; yielding lets a worker that is still running finish that turn.
+async fn first_frame(body: &mut ResponseBody) -> Option<Option<Result<Frame<Bytes>, BodyError>>> {
+    let mut frame = std::pin::pin!(body.frame());
+    for turn in 0..FIRST_FRAME_TURNS {
+        if turn > 0 {
+            tokio::task::yield_now().await;
+        }
+        let polled = std::future::poll_fn(|cx| Poll::Ready(frame.as_mut().poll(cx))).await;
+        if let Poll::Ready(frame) = polled {
+            return Some(frame);
+        }
+    }
+    None
 }
 
 type DispatchResult =
