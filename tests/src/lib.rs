@@ -323,7 +323,12 @@ pub fn exists(path: &str) -> bool {
 
 /// A fresh, empty directory for one test's files.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fibhost-e2e-{name}-{}", std::process::id()));
+    // Unique per call: tests run in parallel, and two calls with the same name must not
+    // wipe each other's files.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("fibhost-e2e-{name}-{}-{call}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
