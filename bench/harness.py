@@ -8,7 +8,8 @@ Subcommands:
   parse ab|wrk|oha FILE    print "RPS P50_MS P99_MS FAILED NON2XX COMPLETED KINDS" from a load
                            tool's output (KINDS: which failures, e.g. "read", or "-")
   report RUN_DIR OUT       aggregate the runs run.sh recorded in RUN_DIR (runs.tsv, meta.tsv,
-                           systems.tsv, loads.tsv, notes.tsv, tools.tsv) into Markdown,
+                           systems.tsv, loads.tsv, notes.tsv, tools.tsv, instantiations.tsv)
+                           into Markdown,
                            medians over rounds
 
 Only the standard library: run.sh calls this with the system's python3, before or without
@@ -290,6 +291,26 @@ def report(run_dir, out):
                 f"- {load['short']}: a fresh instance per request costs ≈ {extra_us:,.1f} µs of "
                 "wall time per request at saturation on this machine (fibhost-maxreq1 vs "
                 "fibhost-nolog; the load generator shares the CPUs, so this is not CPU time)."
+            )
+    # fibhost's own account (its admin metrics) of the instances it created during each
+    # max-requests=1 load: the time one instantiation takes, off the request path.
+    for load in loads:
+        counted = [
+            (int(float(after[0])) - int(float(before[0])), float(after[1]) - float(before[1]))
+            for rnd, name, before, after in (
+                (f[0], f[1], f[2].split(), f[3].split())
+                for f in read_tsv(f"{run_dir}/instantiations.tsv")
+                if len(f) == 4
+            )
+            if name == load["name"] and len(before) == 2 and len(after) == 2
+        ]
+        per_instance = [seconds / count * 1e6 for count, seconds in counted if count > 0]
+        if per_instance:
+            derived.append(
+                f"- {load['short']}: fibhost's metrics (`fibhost_instantiation_seconds_total` ÷ "
+                f"`fibhost_instantiations_total`) put one fresh instance at "
+                f"{fmt(median(per_instance), 1)} µs (median over rounds; "
+                f"{fmt(median([c for c, _ in counted]))} instances per run)."
             )
     if derived:
         lines += ["## Derived: instantiation cost", ""] + derived + [""]

@@ -20,8 +20,10 @@
 #      bench/uwsgi/requirements.txt; release builds of fibhost and bench/native; the fib guest
 #      (scripts/build-guests.sh if present, else cargo + copy to guests/fib.wasm).
 #   2. Systems, each started afresh for every measurement, listening on 127.0.0.1 only:
-#      native (bench/native), fibhost with the access log on and off, fibhost recycling every
-#      second (--max-worker-lifetime 1) and after every request (--max-requests 1), fibhost
+#      native (bench/native), fibhost with the access log on and off, fibhost with 4 workers
+#      starting from a warm compile cache (filled once before round 1), fibhost recycling every
+#      second (--max-worker-lifetime 1) and after every request (--max-requests 1, whose admin
+#      metrics give the time per instantiation), fibhost
 #      with guests/{python,js,c}-fib.wasm when those exist (JavaScript with --max-requests 1,
 #      as StarlingMonkey requires), `wasmtime serve -S cli` without and with instance reuse
 #      (when installed), uWSGI + Flask with the article's settings.
@@ -214,7 +216,7 @@ if [[ ! -f guests/fib.wasm ]]; then
 elif [[ ! -x $FIBHOST ]]; then
     NOTES+=("not measured: fibhost (no $FIBHOST)")
 else
-    SYSTEMS+=(fibhost fibhost-nolog fibhost-lifetime1 fibhost-maxreq1)
+    SYSTEMS+=(fibhost fibhost-nolog fibhost-w4-warm fibhost-lifetime1 fibhost-maxreq1)
     for lang in python js c; do
         if [[ -f guests/$lang-fib.wasm ]]; then
             SYSTEMS+=("fibhost-$lang")
@@ -264,7 +266,14 @@ system_command() {
         fibhost) CMD=("${fibhost[@]}" guests/fib.wasm) ;;
         fibhost-nolog) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}") ;;
         fibhost-lifetime1) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}" --max-worker-lifetime 1) ;;
-        fibhost-maxreq1) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}" --max-requests 1) ;;
+        # The issue's memory and warm-start targets: 4 workers, a compile cache filled before
+        # the first round (see warm_cache), access log on as in the `fibhost` row.
+        fibhost-w4-warm)
+            CMD=("$FIBHOST" --workers 4 --listen 127.0.0.1:0 --cache-dir "$RUN_DIR/cache" --component guests/fib.wasm) ;;
+        # With the admin listener: after the load, fibhost's own count of instantiations
+        # and the time they took (see instantiation_stats).
+        fibhost-maxreq1)
+            CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}" --max-requests 1 --admin-listen 127.0.0.1:0) ;;
         fibhost-python | fibhost-c) CMD=("${fibhost[@]}" "guests/${1#fibhost-}-fib.wasm" "${quiet[@]}") ;;
         # StarlingMonkey serves one fetch event per instance (see the README's guest section):
         # compare this one with fibhost-maxreq1.
@@ -378,6 +387,34 @@ trim_log() {
     mv "$1.trimmed" "$1"
 }
 
+# Prints "COUNT SECONDS": the instances fibhost has created so far and the time they took, read
+# from the admin listener named in server log $1; nothing when the server has none.
+instantiation_stats() {
+    local admin
+    admin=$(grep -o -m1 'Admin listening on http://[^/ ]*' "$1" | sed 's|.*http://||' || true)
+    [[ -n $admin ]] || return 0
+    curl -s --max-time 10 "http://$admin/metrics" | awk '
+        /^fibhost_instantiations_total/ { count = $2 }
+        /^fibhost_instantiation_seconds_total/ { seconds = $2 }
+        END { if (count != "") print count, seconds }'
+}
+
+# Fills fibhost-w4-warm's compile cache, so that every measured start of it is a warm one.
+warm_cache() {
+    [[ " ${SYSTEMS[*]} " == *" fibhost-w4-warm "* ]] || return 0
+    log "== filling the compile cache of fibhost-w4-warm (a cold start, not measured)"
+    local stem=$RUN_DIR/cache-fill
+    local note
+    if start_server fibhost-w4-warm "$stem.server.log" "$stem.rss" "$stem.loading"; then
+        note="fibhost-w4-warm: the cold start that filled its cache took ${STARTUP_MS} ms (the other fibhost rows compile at every start)"
+    else
+        note="failed: the compile cache could not be filled, so fibhost-w4-warm's first start was cold"
+    fi
+    stop_server
+    log "   $note"
+    printf '%s\n' "$note" >>"$RUN_DIR/notes.tsv"
+}
+
 # Measures system $2 under load $3 in round $1 and appends a line to runs.tsv.
 measure() {
     local round=$1 system=$2 load=$3
@@ -400,11 +437,17 @@ measure() {
     url="http://$ADDR/9000"
     ab -q -r -s 30 -c 50 -n "$WARMUP_N" "$url" >/dev/null 2>&1 || true
     mapfile -t command < <(load_command "$load" "$url")
+    local instantiations_before
+    instantiations_before=$(instantiation_stats "$stem.server.log")
     touch "$marker"
     if [[ $load == ab ]]; then
         timeout -s INT "$AB_TIMEOUT_SECS" "${command[@]}" >"$stem.out" 2>&1 || true
     else
         timeout -s INT $((KEEPALIVE_SECS + 60)) "${command[@]}" >"$stem.out" 2>&1 || true
+    fi
+    if [[ -n $instantiations_before ]]; then
+        printf '%s\t%s\t%s\t%s\n' "$round" "$load" "$instantiations_before" \
+            "$(instantiation_stats "$stem.server.log")" >>"$RUN_DIR/instantiations.tsv"
     fi
     stop_server
     rm -f "$marker"
@@ -460,6 +503,7 @@ done >"$RUN_DIR/loads.tsv"
 printf '%s\n' "${NOTES[@]}" >"$RUN_DIR/notes.tsv"
 
 log "== ${#SYSTEMS[@]} systems × ${#LOADS[@]} loads × $ROUNDS round(s): ${SYSTEMS[*]}"
+warm_cache
 for round in $(seq "$ROUNDS"); do
     for load in "${LOADS[@]}"; do
         log "-- round $round/$ROUNDS: $(load_title "$load")"
