@@ -291,7 +291,7 @@ impl Collector for PoolCollector {
         counter(
             e,
             "fibhost_instantiations",
-            "Spare instances created (replacements made ahead of need)",
+            "Instances created after startup (spares, and replacements a worker built when no spare was ready)",
             self.pools.iter().map(|p| {
                 (
                     vec![route(p)],
@@ -301,7 +301,7 @@ impl Collector for PoolCollector {
         )?;
         let mut seconds = e.encode_descriptor(
             "fibhost_instantiation_seconds",
-            "Time spent creating spare instances (divide by fibhost_instantiations_total)",
+            "Time spent creating instances after startup (divide by fibhost_instantiations_total)",
             None,
             MetricType::Counter,
         )?;

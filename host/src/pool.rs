@@ -1,5 +1,6 @@
-//! The workers of one component: N long-lived tasks, each owning one guest instance at a time,
-//! fed from one bounded queue, with replacement instances built ahead of need.
+//! The workers of one component: N long-lived tasks on the event-loop threads, each owning one
+//! guest instance at a time, fed through one lane per thread under one admission bound, with
+//! replacement instances built ahead of need.
 //!
 //! # Design
 //! - **Lanes.** Workers are dealt out over the event-loop threads ([`crate::shards`]); the
@@ -155,7 +156,8 @@ pub struct PoolStats {
     pub rejected: AtomicU64,
     /// Workers running a request now.
     pub busy: AtomicUsize,
-    /// Instances created by the spare spawner.
+    /// Instances created after startup: spares, and replacements built by a worker that
+    /// found no spare ready.
     pub instantiations: AtomicU64,
     /// Total time those instantiations took, microseconds.
     pub instantiation_micros: AtomicU64,
@@ -245,8 +247,8 @@ impl Pool {
                 let lane_workers = (1..=workers)
                     .filter(|&id| shards.of_worker(id) == shard)
                     .count();
-                // Admission bounds what waits overall; this only has to hold all of it.
-                let (jobs, jobs_rx) = async_channel::bounded(queue + workers);
+                // Unbounded: admission in `dispatch` bounds what waits, over all lanes.
+                let (jobs, jobs_rx) = async_channel::unbounded();
                 Lane {
                     jobs,
                     jobs_rx,
@@ -353,15 +355,10 @@ impl Pool {
             trace: trace.clone(),
         };
         lane.pending.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = lane.jobs.try_send(job) {
+        if lane.jobs.try_send(job).is_err() {
+            // Unbounded, so never full: closed, because the server is shutting down.
             lane.pending.fetch_sub(1, Ordering::Relaxed);
-            return Err(match e {
-                async_channel::TrySendError::Full(_) => {
-                    inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    (overloaded(), trace)
-                }
-                async_channel::TrySendError::Closed(_) => (ServeError::ShuttingDown, trace),
-            });
+            return Err((ServeError::ShuttingDown, trace));
         }
         match rx.await {
             Ok(Ok(response)) => Ok((response, trace)),
@@ -682,10 +679,15 @@ impl Inner {
     /// order. When `must` is false and no spare is ready, keeps `old` instead of waiting.
     async fn replace(&self, id: usize, old: Instance, reason: Recycle, must: bool) -> Instance {
         let generation = self.generation.borrow().clone();
-        let fresh = if must {
-            generation.spares.recv().await.ok()
-        } else {
-            generation.spares.try_recv().ok()
+        let fresh = match generation.spares.try_recv() {
+            Ok(fresh) => Some(fresh),
+            // No spare ready (the spawner lags, e.g. with `max-requests = 1`): build one here
+            // rather than wait for a hand-off from the control thread and back.
+            Err(_) if must => match self.instantiate(&generation).await {
+                Ok(fresh) => Some(fresh),
+                Err(_) => generation.spares.recv().await.ok(),
+            },
+            Err(_) => None,
         };
         let Some(fresh) = fresh else {
             return old;
@@ -717,18 +719,24 @@ impl Inner {
         fresh
     }
 
+    /// A new instance of `generation`, counted in the instantiation metrics.
+    async fn instantiate(&self, generation: &Generation) -> Result<Instance> {
+        let started = Instant::now();
+        let instance = Instance::new(&generation.version, &self.spec).await?;
+        let micros = started.elapsed().as_micros() as u64;
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .instantiation_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        Ok(instance)
+    }
+
     /// Keeps `generation`'s spare channel topped up until it is retired.
     async fn run_spawner(self: Arc<Self>, generation: Arc<Generation>) {
         loop {
             while !generation.is_retired() && generation.spares.len() < STEADY_SPARES {
-                let started = Instant::now();
-                match Instance::new(&generation.version, &self.spec).await {
+                match self.instantiate(&generation).await {
                     Ok(instance) => {
-                        let micros = started.elapsed().as_micros() as u64;
-                        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .instantiation_micros
-                            .fetch_add(micros, Ordering::Relaxed);
                         if generation.spares_tx.send(instance).await.is_err() {
                             return;
                         }

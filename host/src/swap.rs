@@ -179,7 +179,7 @@ pub async fn warm_up(version: &Version, spec: &InstanceSpec, path: &str) -> Resu
 
 /// On SIGHUP: re-reads the configuration with `load_config` and reloads every route, from the
 /// component path the new configuration names for it. Changes that need a restart (new or
-/// removed routes, worker counts, limits, listeners) are logged, not applied.
+/// removed routes, worker counts, limits, threads, listeners) are logged, not applied.
 pub async fn on_sighup(app: &Arc<App>, load_config: &(dyn Fn() -> Result<Config> + Sync)) {
     let config = match load_config() {
         Ok(config) => config,
@@ -191,6 +191,13 @@ pub async fn on_sighup(app: &Arc<App>, load_config: &(dyn Fn() -> Result<Config>
             return;
         }
     };
+    if config.threads != app.shards.len() {
+        tracing::warn!(
+            running = app.shards.len(),
+            configured = config.threads,
+            "SIGHUP: changing `threads` needs a restart"
+        );
+    }
     let wanted: HashMap<&str, _> = config
         .routes
         .iter()
