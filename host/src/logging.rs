@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -85,6 +85,12 @@ thread_local! {
 }
 
 impl AccessLog {
+    /// Counts the log lines (access and process log alike) dropped because the queue to the
+    /// writer thread was full: stderr's reader fell behind.
+    pub fn dropped_lines(&self) -> ErrorCounter {
+        self.writer.error_counter()
+    }
+
     /// Writes `entry` (through the background writer: never blocks on the terminal or pipe).
     pub fn write(&self, entry: &AccessEntry<'_>) {
         SCRATCH.with(|scratch| {

@@ -18,6 +18,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use tracing_appender::non_blocking::ErrorCounter;
+
 use crate::guest;
 use crate::pool::{Pool, Recycle};
 
@@ -40,6 +42,9 @@ pub struct Metrics {
     rss: Gauge,
     uptime: Gauge,
     started: Instant,
+    /// Log lines dropped by the non-blocking writer, brought up to date on each scrape.
+    log_dropped: Counter,
+    log_errors: Option<ErrorCounter>,
 }
 
 /// One route's request-path handles (cheap clones of the family members).
@@ -120,6 +125,13 @@ impl Metrics {
             "Seconds since the server started",
             uptime.clone(),
         );
+        let log_dropped = Counter::default();
+        registry.register(
+            "fibhost_log_lines_dropped",
+            "Log lines (access log included) dropped because stderr's reader fell behind; \
+             serving never waits for the log",
+            log_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -129,6 +141,8 @@ impl Metrics {
             rss,
             uptime,
             started: Instant::now(),
+            log_dropped,
+            log_errors: None,
         }
     }
 
@@ -150,6 +164,11 @@ impl Metrics {
         }
     }
 
+    /// Reports the log writer's dropped lines as `fibhost_log_lines_dropped_total`.
+    pub fn watch_log(&mut self, dropped: ErrorCounter) {
+        self.log_errors = Some(dropped);
+    }
+
     /// Adds the scrape-time collector over `pools`.
     pub fn register_pools(&mut self, pools: Vec<Pool>, swaps: Arc<SwapCounters>) {
         self.registry
@@ -161,6 +180,11 @@ impl Metrics {
         self.slots.set(guest::live_instances() as i64);
         self.rss.set(process_rss_bytes().unwrap_or(0) as i64);
         self.uptime.set(self.started.elapsed().as_secs() as i64);
+        if let Some(errors) = &self.log_errors {
+            let dropped = errors.dropped_lines() as u64;
+            self.log_dropped
+                .inc_by(dropped.saturating_sub(self.log_dropped.get()));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -419,3 +419,77 @@ fn uwsgitop_screen(uwsgitop: &str, addr: std::net::SocketAddr) -> String {
     }
     screen
 }
+
+/// A log reader that stops reading must never stall serving: once the pipe and the queue to the
+/// writer thread are full, lines are dropped and counted in `fibhost_log_lines_dropped_total`,
+/// and every request is still answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_log_reader_costs_log_lines_not_requests() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(crate::fibhost())
+        .args(["--component", guests::FIB, "--workers", "2"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the log up to the serving line, then never again (the pipe stays open).
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (mut admin, mut serving) = (None, None);
+    let mut line = String::new();
+    while serving.is_none() {
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "fibhost exited");
+        let addr = |marker: &str| {
+            line.split_once(marker)
+                .map(|(_, rest)| rest.trim().trim_end_matches('/').to_string())
+        };
+        admin = admin.or(addr("Admin listening on http://"));
+        serving = serving.or(addr("Serving HTTP on http://"));
+    }
+    let (admin, serving) = (admin.unwrap(), serving.unwrap());
+    let http = Http::new();
+    let dropped = async || {
+        let reply = http.get(&format!("http://{admin}/metrics")).await.unwrap();
+        reply
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("fibhost_log_lines_dropped_total "))
+            .expect("the metric is always exported")
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(dropped().await, 0);
+    // The pipe holds ~64 KiB and the queue 16 Ki lines: drops start after ~20k requests.
+    let mut served = 0u64;
+    while dropped().await == 0 {
+        assert!(
+            served < 400_000,
+            "{served} requests served and no log line dropped"
+        );
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (http, url) = (http.clone(), format!("http://{serving}/10"));
+            batch.spawn(async move {
+                for _ in 0..250 {
+                    let reply = http.get(&url).await.unwrap();
+                    assert_eq!(reply.status, StatusCode::OK);
+                }
+            });
+        }
+        // A hang guard, not a timing: with the log blocking the server this would never end.
+        let all = async {
+            while let Some(done) = batch.join_next().await {
+                done.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), all)
+            .await
+            .expect("requests stalled behind the unread log");
+        served += 2000;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(log);
+}
