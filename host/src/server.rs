@@ -89,6 +89,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    // Polled once before any thread accepts: that installs the signal handlers, so a SIGTERM
+    // never meets the default action (instant death) while connections are being served.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let signalled = std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx)))
+        .await
+        .is_ready();
     let listener = listener.into_std()?;
     let connections = Arc::new(Semaphore::new(app.limits.max_connections));
     let (stop, stopped) = watch::channel(false);
@@ -107,7 +113,9 @@ pub async fn serve(
         shards.spawn_on(shard, handle);
     }
     drop(listener);
-    shutdown.await;
+    if !signalled {
+        shutdown.await;
+    }
 
     tracing::info!("shutting down: no longer accepting connections");
     app.draining.store(true, Ordering::Release);
@@ -120,7 +128,7 @@ pub async fn serve(
             "shutdown timeout reached with requests still in flight; closing them"
         ),
     }
-    // Dropping the set aborts the connections still open past the timeout.
+    // Stop waiting: connections still open past the timeout end with the process.
     drop(shards);
     app.close();
     Ok(())
