@@ -37,11 +37,17 @@ impl Guest for Fib {
         // 4096-byte chunk.
         let length = reply.body.len().to_string();
         let mut entries = vec![
-            ("content-type".to_string(), fibonacci::CONTENT_TYPE.as_bytes().to_vec()),
+            (
+                "content-type".to_string(),
+                fibonacci::CONTENT_TYPE.as_bytes().to_vec(),
+            ),
             ("content-length".to_string(), length.into_bytes()),
         ];
         if reply.allow {
-            entries.push(("allow".to_string(), fibonacci::ALLOWED_METHODS.as_bytes().to_vec()));
+            entries.push((
+                "allow".to_string(),
+                fibonacci::ALLOWED_METHODS.as_bytes().to_vec(),
+            ));
         }
         // These names and values are valid, so `from-list` cannot fail.
         let Ok(headers) = Fields::from_list(&entries) else {
