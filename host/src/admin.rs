@@ -135,10 +135,10 @@ async fn handle(
 async fn reload(app: &Arc<App>, query: &str) -> Response<Full<Bytes>> {
     let mut route = None;
     let mut component = None;
-    for (key, value) in form_urlencoded(query) {
-        match key.as_str() {
-            "route" => route = Some(value),
-            "component" => component = Some(PathBuf::from(value)),
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "route" => route = Some(value.into_owned()),
+            "component" => component = Some(PathBuf::from(value.as_ref())),
             other => {
                 return json_response(
                     StatusCode::BAD_REQUEST,
@@ -161,43 +161,6 @@ async fn reload(app: &Arc<App>, query: &str) -> Response<Full<Bytes>> {
             json_response(status, json!({"error": e.to_string()}))
         }
     }
-}
-
-/// Decodes `a=b&c=d` with `%XX` and `+` escapes.
-fn form_urlencoded(query: &str) -> Vec<(String, String)> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if bytes.len() > i + 2
-                    && hex(bytes[i + 1]).is_some()
-                    && hex(bytes[i + 2]).is_some() =>
-                {
-                    let (hi, lo) = (
-                        hex(bytes[i + 1]).unwrap_or(0),
-                        hex(bytes[i + 2]).unwrap_or(0),
-                    );
-                    out.push((hi * 16 + lo) as u8);
-                    i += 2;
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
 }
 
 fn status(app: &App) -> Value {
@@ -234,7 +197,7 @@ pub fn stats(app: &App, addr: SocketAddr) -> Value {
         let stats = pool.stats();
         queued += pool.queue_depth();
         rejected += stats.rejected.load(Ordering::Relaxed);
-        busy += stats.busy.load(Ordering::Relaxed);
+        busy += stats.busy();
         sockets.push(json!({
             "name": format!("{addr}{}", route.prefix), "proto": "http", "queue": pool.queue_depth(),
             "max_queue": 0, "shared": 0, "can_offload": 0,

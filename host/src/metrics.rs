@@ -281,7 +281,7 @@ impl Collector for PoolCollector {
             "fibhost_workers",
             "Workers by state",
             self.pools.iter().flat_map(|p| {
-                let busy = p.stats().busy.load(Ordering::Relaxed) as i64;
+                let busy = p.stats().busy() as i64;
                 [
                     (vec![route(p), ("state", "busy".into())], busy),
                     (

@@ -154,8 +154,6 @@ pub struct PoolStats {
     pub recycles: [AtomicU64; 7],
     /// Requests refused with 503 because the queue was full.
     pub rejected: AtomicU64,
-    /// Workers running a request now.
-    pub busy: AtomicUsize,
     /// Instances created after startup: spares, and replacements built by a worker that
     /// found no spare ready.
     pub instantiations: AtomicU64,
@@ -164,6 +162,15 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
+    /// Workers running a request now (read at scrape time: the request path only sets each
+    /// worker's own flag, never a counter shared by every thread).
+    pub fn busy(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.busy.load(Ordering::Relaxed))
+            .count()
+    }
+
     /// Replacements so far for `reason`.
     pub fn recycled(&self, reason: Recycle) -> u64 {
         self.recycles[reason.index()].load(Ordering::Relaxed)
@@ -261,7 +268,6 @@ impl Pool {
             workers: (0..workers).map(|_| WorkerStats::default()).collect(),
             recycles: Default::default(),
             rejected: AtomicU64::new(0),
-            busy: AtomicUsize::new(0),
             instantiations: AtomicU64::new(0),
             instantiation_micros: AtomicU64::new(0),
         });
@@ -568,7 +574,6 @@ impl Inner {
             }
             job.trace.worker.store(id, Ordering::Relaxed);
             stats.busy.store(true, Ordering::Relaxed);
-            self.stats.busy.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             // Kept for the log line if the request goes wrong (a refcount, not a copy).
             let (method, uri) = (job.request.method().clone(), job.request.uri().clone());
@@ -580,7 +585,6 @@ impl Inner {
                     self.spec.request_timeout,
                 )
                 .await;
-            self.stats.busy.fetch_sub(1, Ordering::Relaxed);
             stats.busy.store(false, Ordering::Relaxed);
             stats.requests.fetch_add(1, Ordering::Relaxed);
             stats
