@@ -326,13 +326,11 @@ async fn handle(
     scheme: Scheme,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
+    // Clones of the parsed method and URI share their bytes: no copy on the request path.
     let record = app.access_log.clone().map(|log| AccessRecord {
         log,
-        method: request.method().to_string(),
-        target: request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".into(), |p| p.to_string()),
+        method: request.method().clone(),
+        uri: request.uri().clone(),
     });
     let route = app.route(request.uri().path());
     let metrics = route.map_or(&app.unrouted, |r| &r.metrics);
@@ -472,8 +470,9 @@ fn guest_body_error(e: wasmtime_wasi_http::Error) -> BodyError {
 /// What the access log says about one request, completed when its body is done.
 struct AccessRecord {
     log: AccessLog,
-    method: String,
-    target: String,
+    method: http::Method,
+    /// As sent (before any `strip-prefix`): the log shows what the client asked for.
+    uri: http::Uri,
 }
 
 /// Wraps a response body to count its bytes, turn a body cut short by a failed guest into an
@@ -563,8 +562,8 @@ impl Drop for TracedBody {
         }
         if let Some(record) = &self.record {
             record.log.write(&AccessEntry {
-                method: &record.method,
-                path: &record.target,
+                method: record.method.as_str(),
+                path: record.uri.path_and_query().map_or("/", |p| p.as_str()),
                 status: self.status,
                 bytes: self.bytes,
                 duration_us: self.started.elapsed().as_micros() as u64,
