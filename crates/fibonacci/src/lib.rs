@@ -137,8 +137,14 @@ impl ParseError {
 pub enum Bound {
     /// `n <= 1`: the answer is the seed `[0, 1]`.
     Seed,
-    /// `1 < n < 10^19`: fits in `u128` arithmetic with room for the last element.
-    Small(u128),
+    /// `1 < n < 10^19`: fits in `u64` arithmetic. The sequence stops at the first element
+    /// `>= n`, so its largest element is at most fib(93) = 12,200,160,415,121,876,738, the
+    /// first Fibonacci number above 10^19 and the largest below `u64::MAX`.
+    ///
+    /// `u64`, not `u128`: in wasm, 128-bit division (what printing a `u128` runs on) is a
+    /// software routine; printing the article's `/9000` answer as `u128` was measured as the
+    /// largest part of the Rust guest's own CPU time.
+    Small(u64),
     /// Anything larger, as decimal limbs.
     Big(BigUint),
 }
@@ -176,7 +182,7 @@ pub fn parse_bound(s: &str) -> Result<Bound, ParseError> {
     if significant.len() <= 19 {
         let n = significant
             .iter()
-            .fold(0u128, |n, &d| n * 10 + u128::from(d - b'0'));
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
         return Ok(Bound::Small(n));
     }
     Ok(Bound::Big(BigUint::from_decimal(significant)))
@@ -189,11 +195,13 @@ pub fn sequence_json(bound: &Bound) -> String {
         Bound::Small(n) => {
             let mut out = String::with_capacity(256);
             out.push_str("[0, 1");
-            let (mut a, mut b) = (0u128, 1u128);
+            let (mut a, mut b) = (0u64, 1u64);
+            // `itoa` rather than `write!`: no formatting machinery per number.
+            let mut digits = itoa::Buffer::new();
             while b < *n {
                 (a, b) = (b, a + b);
-                // Writing into a String cannot fail.
-                let _ = write!(out, ", {b}");
+                out.push_str(", ");
+                out.push_str(digits.format(b));
             }
             out.push(']');
             out
