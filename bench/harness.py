@@ -5,6 +5,8 @@ Subcommands:
   rss SID OUT MARKER       sample the summed RSS of every process in session SID every 50 ms
                            until SIGTERM, then write "PEAK_KIB PEAK_SINCE_MARKER_KIB" to OUT
                            (the second counts only samples taken after file MARKER exists)
+  cpu SID                  print the CPU time used so far by the processes in session SID, in
+                           microseconds (user + system, reaped children included)
   parse ab|wrk|oha FILE    print "RPS P50_MS P99_MS FAILED NON2XX COMPLETED KINDS" from a load
                            tool's output (KINDS: which failures, e.g. "read", or "-")
   report RUN_DIR OUT       aggregate the runs run.sh recorded in RUN_DIR (runs.tsv, meta.tsv,
@@ -30,15 +32,12 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 # --- peak RSS of a process tree ---------------------------------------------------------
 
 
-def session_rss_kib(sid):
-    """Summed resident set of the processes whose session is `sid`.
+def session_processes(sid):
+    """(pid, stat fields from `state` on) of every process whose session is `sid`.
 
     run.sh starts every server with `setsid`, so the session holds the server and everything
-    it forks (uWSGI's master, router and workers) and nothing else. Summed RSS counts pages
-    shared between forked processes once per process: it overstates uWSGI's real footprint,
-    as `ps`-based comparisons (the article's included) do.
+    it forks (uWSGI's master, router and workers) and nothing else.
     """
-    total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -47,13 +46,30 @@ def session_rss_kib(sid):
                 stat = f.read()
             # The command name may hold spaces and parentheses: split after the last ')'.
             fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[3]) != sid:  # state ppid pgrp session ...
-                continue
-            with open(f"/proc/{entry}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE_KIB
+            if int(fields[3]) == sid:  # state ppid pgrp session ...
+                yield entry, fields
         except (OSError, ValueError, IndexError):
             continue  # the process exited while we looked
+
+
+def session_rss_kib(sid):
+    """Summed resident set of the session's processes. Summed RSS counts pages shared between
+    forked processes once per process: it overstates uWSGI's real footprint, as `ps`-based
+    comparisons (the article's included) do."""
+    total = 0
+    for pid, _ in session_processes(sid):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_KIB
+        except (OSError, ValueError, IndexError):
+            continue
     return total
+
+
+def session_cpu_ticks(sid):
+    """CPU time (user + system, in clock ticks) of the session's processes, including the
+    children they have reaped (uWSGI's recycled workers)."""
+    return sum(sum(int(v) for v in fields[11:15]) for _, fields in session_processes(sid))
 
 
 def rss(sid, out, marker):
@@ -160,7 +176,7 @@ def parse(tool, path):
 # Columns of the TSV run.sh appends to, one line per (round, load, system).
 COLUMNS = [
     "round", "load", "system", "rps", "p50_ms", "p99_ms", "failed", "non2xx", "completed",
-    "peak_rss_kib", "load_rss_kib", "startup_ms", "body_ok", "failure_kinds",
+    "peak_rss_kib", "load_rss_kib", "startup_ms", "body_ok", "cpu_us_per_req", "failure_kinds",
 ]
 NUMERIC = COLUMNS[3:-1]
 
@@ -245,9 +261,9 @@ def report(run_dir, out):
         native = cell(name, "native", "rps")
         lines.append(
             "| System | req/s | range | × native | p50 ms | p99 ms | failed | non-2xx "
-            "| peak RSS MiB |"
+            "| CPU µs/req | peak RSS MiB |"
         )
-        lines.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+        lines.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         for system in systems:
             rps = cell(name, system, "rps")
             if rps != rps:
@@ -257,6 +273,7 @@ def report(run_dir, out):
                 f"| {system} | {fmt(rps)} | {fmt(lo)}–{fmt(hi)} | {fmt(rps / native, 2)} "
                 f"| {fmt(cell(name, system, 'p50_ms'), 1)} | {fmt(cell(name, system, 'p99_ms'), 1)} "
                 f"| {failed_cell(name, system)} | {fmt(cell(name, system, 'non2xx'))} "
+                f"| {fmt(cell(name, system, 'cpu_us_per_req'), 1)} "
                 f"| {fmt(cell(name, system, 'load_rss_kib') / 1024, 1)} |"
             )
         lines.append("")
@@ -315,6 +332,8 @@ def report(run_dir, out):
     if derived:
         lines += ["## Derived: instantiation cost", ""] + derived + [""]
 
+    lines += bound_section(run_dir, meta, loads, cell)
+
     lines += ["## Startup and memory", ""]
     lines.append(
         "| System | start → first 200, ms | peak RSS over its life, MiB | `/9000` body | command |"
@@ -340,9 +359,61 @@ def report(run_dir, out):
         f.write("\n".join(lines))
 
 
+def bound_section(run_dir, meta, loads, cell):
+    """How close to native a host can come that adds only the guest call to native's work.
+
+    At saturation every CPU is busy, so one native request costs the machine `cpus / rps`
+    CPU-seconds in all (server, load generator, kernel). A wasm host does all of that and
+    runs the guest too; if that were all it added, it would serve `T / (T + call)` of
+    native's rate, where `T = cpus / native rps` and `call` is the guest call measured alone.
+    """
+    try:
+        with open(f"{run_dir}/guest_call.txt") as f:
+            found = re.search(r"guest call: ([\d.]+) us", f.read())
+    except FileNotFoundError:
+        found = None
+    if not found:
+        return []
+    call_us = float(found.group(1))
+    lines = [
+        "## Derived: the bound the guest call sets",
+        "",
+        f"One guest call alone (`host/examples/guest_call.rs`: `GET /9000` through the Rust "
+        f"guest and its body drained, one thread, no socket, no hyper): **{call_us:.2} µs**.",
+        "",
+    ]
+    for load in loads:
+        name = load["name"]
+        native_rps = cell(name, "native", "rps")
+        if native_rps != native_rps:
+            continue
+        machine_us = meta["cpus"] * 1e6 / native_rps
+        bound = machine_us / (machine_us + call_us)
+        line = (
+            f"- {load['short']}: native used {machine_us:.1f} µs of machine CPU per request "
+            f"(all {meta['cpus']} CPUs ÷ its req/s); a host adding only the guest call "
+            f"reaches at most **{bound:.2f}× native**"
+        )
+        nolog = cell(name, "fibhost-nolog", "rps")
+        if nolog == nolog:
+            line += f"; fibhost-nolog measured {nolog / native_rps:.2f}×"
+        native_cpu = cell(name, "native", "cpu_us_per_req")
+        nolog_cpu = cell(name, "fibhost-nolog", "cpu_us_per_req")
+        if native_cpu == native_cpu and nolog_cpu == nolog_cpu:
+            line += (
+                f". Server CPU per request: native {native_cpu:.1f} µs, fibhost-nolog "
+                f"{nolog_cpu:.1f} µs (+{nolog_cpu - native_cpu:.1f}, of which the guest call "
+                f"is {call_us:.1f})"
+            )
+        lines.append(line + ".")
+    return lines + [""]
+
+
 def main(argv):
     if len(argv) >= 4 and argv[0] == "rss":
         rss(int(argv[1]), argv[2], argv[3])
+    elif len(argv) == 2 and argv[0] == "cpu":
+        print(session_cpu_ticks(int(argv[1])) * 1_000_000 // os.sysconf("SC_CLK_TCK"))
     elif len(argv) == 3 and argv[0] == "parse":
         parse(argv[1], argv[2])
     elif len(argv) == 3 and argv[0] == "report":

@@ -31,7 +31,9 @@
 #      keep-alive load at 500 connections for 10 s (wrk, or oha with --oha).
 #   4. Each measurement: time from spawn to the first 200 on /9000; that body compared with
 #      the API's; a short warm-up; the load; peak RSS of the server's whole process tree
-#      (sampled from /proc every 50 ms). Systems alternate within each round (A B A B…).
+#      (sampled from /proc every 50 ms) and its CPU time per request (from /proc, before and
+#      after the load). Systems alternate within each round (A B A B…). Before round 1, one
+#      guest call is timed in isolation (host/examples/guest_call.rs: no socket, no hyper).
 #   5. Report: medians over rounds in bench/results/latest.md (also printed); every tool's raw
 #      output and every server's log in bench/results/latest/.
 #
@@ -151,6 +153,9 @@ setup_builds() {
         log "== cargo build --release -p fibhost"
         cargo build --release -p fibhost || build_failed target/release/fibhost "the fibhost release build"
     fi
+    log "== cargo build --release -p fibhost --example guest_call"
+    cargo build --release -p fibhost --example guest_call ||
+        build_failed target/release/examples/guest_call "the guest_call build"
     log "== guests"
     [[ -x scripts/setup.sh ]] && scripts/setup.sh # the wasm32-wasip2 target
     if [[ -x scripts/build-guests.sh ]]; then
@@ -439,12 +444,15 @@ measure() {
     mapfile -t command < <(load_command "$load" "$url")
     local instantiations_before
     instantiations_before=$(instantiation_stats "$stem.server.log")
+    local cpu_before cpu_after
+    cpu_before=$(python3 bench/harness.py cpu "$SERVER_PID" || true)
     touch "$marker"
     if [[ $load == ab ]]; then
         timeout -s INT "$AB_TIMEOUT_SECS" "${command[@]}" >"$stem.out" 2>&1 || true
     else
         timeout -s INT $((KEEPALIVE_SECS + 60)) "${command[@]}" >"$stem.out" 2>&1 || true
     fi
+    cpu_after=$(python3 bench/harness.py cpu "$SERVER_PID" || true)
     if [[ -n $instantiations_before ]]; then
         printf '%s\t%s\t%s\t%s\n' "$round" "$load" "$instantiations_before" \
             "$(instantiation_stats "$stem.server.log")" >>"$RUN_DIR/instantiations.tsv"
@@ -459,12 +467,15 @@ measure() {
         values="nan nan nan nan nan nan -"
     fi
     read -r peak load_peak <"$rss_file" || { peak=nan load_peak=nan; }
-    local fields
+    local fields cpu_per_request
     read -r -a fields <<<"$values"
-    printf '%s\t' "$round" "$load" "$system" "${fields[@]:0:6}" "$peak" "$load_peak" "$STARTUP_MS" "$body_ok" >>"$RUN_DIR/runs.tsv"
+    # The server's CPU time per completed request (its whole process tree, user + system).
+    cpu_per_request=$(awk -v a="$cpu_after" -v b="$cpu_before" -v n="${fields[5]}" \
+        'BEGIN { if (n > 0 && a != "" && b != "") printf "%.2f", (a - b) / n; else print "nan" }')
+    printf '%s\t' "$round" "$load" "$system" "${fields[@]:0:6}" "$peak" "$load_peak" "$STARTUP_MS" "$body_ok" "$cpu_per_request" >>"$RUN_DIR/runs.tsv"
     printf '%s\n' "${fields[6]}" >>"$RUN_DIR/runs.tsv"
-    printf '  %-18s %10.0f req/s  p50 %7.1f ms  p99 %7.1f ms  failed %-12s non-2xx %-6s RSS %6.1f MiB  start %5s ms%s\n' \
-        "$system" "${fields[0]}" "${fields[1]}" "${fields[2]}" "${fields[3]}$([[ ${fields[6]} == - ]] || echo " (${fields[6]})")" "${fields[4]}" \
+    printf '  %-18s %10.0f req/s  p50 %7.1f ms  p99 %7.1f ms  failed %-12s non-2xx %-6s CPU %6s us/req  RSS %6.1f MiB  start %5s ms%s\n' \
+        "$system" "${fields[0]}" "${fields[1]}" "${fields[2]}" "${fields[3]}$([[ ${fields[6]} == - ]] || echo " (${fields[6]})")" "${fields[4]}" "$cpu_per_request" \
         "$(awk -v k="$load_peak" 'BEGIN { print k / 1024 }')" "$STARTUP_MS" \
         "$( ((body_ok)) || echo '  BODY DIFFERS')" >&2
 }
@@ -501,6 +512,14 @@ for load in "${LOADS[@]}"; do
     printf '%s\t%s\t%s\t%s\n' "$load" "$(load_title "$load")" "$(load_short "$load")" "${command[*]}"
 done >"$RUN_DIR/loads.tsv"
 printf '%s\n' "${NOTES[@]}" >"$RUN_DIR/notes.tsv"
+
+# The guest call alone (host/examples/guest_call.rs): the report's bound on how close to native
+# a host on this wasmtime can come.
+if [[ -x target/release/examples/guest_call && -f guests/fib.wasm ]]; then
+    log "== the guest call in isolation"
+    timeout 300 target/release/examples/guest_call guests/fib.wasm | tee "$RUN_DIR/guest_call.txt" >&2 ||
+        log "run.sh: warning: guest_call failed; the report leaves its bound out"
+fi
 
 log "== ${#SYSTEMS[@]} systems × ${#LOADS[@]} loads × $ROUNDS round(s): ${SYSTEMS[*]}"
 warm_cache

@@ -1,0 +1,96 @@
+//! The cost of one guest call in isolation: `Instance::serve` of `GET /9000` and the draining
+//! of its response body, repeated on one thread with no socket, no hyper and no worker hand-off.
+//!
+//! What a keep-alive request costs fibhost is this plus what the same request costs a native
+//! hyper server (parsing, the syscalls, the event loop), so this number bounds how close to
+//! native any host built on this wasmtime can come. `bench/run.sh` runs it and puts the result
+//! in its report; run it alone with
+//!
+//! ```sh
+//! cargo run --release -p fibhost --example guest_call -- guests/fib.wasm
+//! ```
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use fibhost::engine::{Loader, new_engine, start_epoch_ticker};
+use fibhost::guest::{Instance, InstanceSpec, Served};
+use http_body_util::{BodyExt, Empty};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+/// The allocator of the `fibhost` binary, so that the measured calls allocate as it does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Calls per round, and rounds (the report takes the fastest: the machine is shared).
+const CALLS: u32 = 100_000;
+const ROUNDS: u32 = 5;
+
+fn main() -> Result<()> {
+    let component = std::env::args_os()
+        .nth(1)
+        .map_or_else(|| PathBuf::from("guests/fib.wasm"), PathBuf::from);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(measure(component))
+}
+
+async fn measure(component: PathBuf) -> Result<()> {
+    let spec = InstanceSpec {
+        env: Vec::new(),
+        memory_limit_bytes: 64 << 20,
+        // As `fibhost` runs every call: under a request timeout.
+        request_timeout: Some(Duration::from_secs(60)),
+        route: Arc::from("/"),
+    };
+    let engine = new_engine(1, spec.memory_limit_bytes)?;
+    start_epoch_ticker(&engine);
+    let version = Loader::new(engine, None)?
+        .load(&component)
+        .with_context(|| format!("cannot load {}", component.display()))?;
+    let mut instance = Instance::new(&version, &spec).await?;
+    let mut best = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        for _ in 0..CALLS {
+            call(&mut instance, &spec).await?;
+        }
+        best = best.min(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS));
+    }
+    // The one line of output, read by bench/harness.py.
+    writeln!(
+        std::io::stdout(),
+        "guest call: {best:.2} us per GET /9000 (serve + body), fastest of {ROUNDS} rounds of {CALLS}"
+    )?;
+    Ok(())
+}
+
+/// One `GET /9000` through the guest, its body read to the end.
+async fn call(instance: &mut Instance, spec: &InstanceSpec) -> Result<()> {
+    let request = hyper::Request::builder()
+        .uri("http://127.0.0.1/9000")
+        .header("host", "127.0.0.1")
+        .body(Empty::new().map_err(|never| match never {}).boxed_unsync())?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let served = instance
+        .serve(
+            request,
+            Scheme::Http,
+            Arc::new(Mutex::new(Some(tx))),
+            spec.request_timeout,
+        )
+        .await;
+    if !matches!(served, Served::Ok) {
+        bail!("the guest failed: {served:?}");
+    }
+    let response = rx.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let body = response.into_body().collect().await?.to_bytes();
+    if !body.starts_with(b"[0, 1, 1, 2") {
+        bail!("unexpected body: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(())
+}
