@@ -222,3 +222,73 @@ async fn sigterm_lets_in_flight_requests_finish() {
     // After shutdown nothing listens any more.
     assert!(std::net::TcpStream::connect(server.addr).is_err());
 }
+
+/// `max-connections` caps the open connections: a client past the cap waits in the kernel's
+/// backlog, unanswered, and is served as soon as an open connection closes (its slot is
+/// given back, not leaked).
+#[test]
+fn a_client_past_max_connections_waits_for_a_closed_one() {
+    let server = start(guests::FIB, &["--max-connections", "1", "--workers", "2"]);
+    let request = b"GET /9000 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = TcpStream::connect(server.addr).unwrap();
+    first.write_all(request).unwrap();
+    assert_eq!(read_response(&mut first).0, 200);
+
+    let mut second = TcpStream::connect(server.addr).unwrap();
+    second.write_all(request).unwrap();
+    // The open connection is still served: one more round trip on it, after which the
+    // second client's request has been in for at least as long...
+    first.write_all(request).unwrap();
+    assert_eq!(read_response(&mut first).0, 200);
+    // ...and is still unanswered: its connection was never accepted.
+    second.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let early = second.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a client past max-connections was answered while the cap was reached: {early:?}"
+    );
+
+    drop(first);
+    second.set_nonblocking(false).unwrap();
+    let (status, body) = read_response(&mut second);
+    assert_eq!(status, 200);
+    assert!(body.starts_with("[0, 1, 1, 2"), "{body}");
+    // And the slot keeps coming back: connection after connection.
+    drop(second);
+    for _ in 0..3 {
+        let mut next = TcpStream::connect(server.addr).unwrap();
+        next.write_all(request).unwrap();
+        assert_eq!(read_response(&mut next).0, 200);
+    }
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` from `stream`: (status, body). A
+/// response that never comes fails the test after a minute instead of hanging it.
+fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream
+            .read(&mut byte)
+            .unwrap_or_else(|e| panic!("no response (head so far {head:?}): {e}"));
+        assert_eq!(n, 1, "connection closed before the head ended: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
