@@ -402,8 +402,8 @@ def bound_section(run_dir, meta, loads, cell):
         if native_cpu == native_cpu and nolog_cpu == nolog_cpu:
             line += (
                 f". Server CPU per request: native {native_cpu:.1f} µs, fibhost-nolog "
-                f"{nolog_cpu:.1f} µs (+{nolog_cpu - native_cpu:.1f}, of which the guest call "
-                f"is {call_us:.1f})"
+                f"{nolog_cpu:.1f} µs ({nolog_cpu - native_cpu:+.1f}); the guest call alone: "
+                f"{call_us:.1f} µs"
             )
         lines.append(line + ".")
     return lines + [""]
