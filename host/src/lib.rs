@@ -113,8 +113,7 @@ impl App {
         engine::start_epoch_ticker(&engine);
         let loader = Loader::new(engine, config.cache_dir.as_deref())?;
         let shards = Shards::start(config.threads)?;
-        let mut metrics = Metrics::new();
-        metrics.watch_log(access_log.dropped_lines());
+        let mut metrics = Metrics::new(access_log.dropped_lines());
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let version = loader.load(&route.component)?;

@@ -17,7 +17,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
 use tracing_appender::non_blocking::ErrorCounter;
 
 use crate::guest;
@@ -44,7 +43,7 @@ pub struct Metrics {
     started: Instant,
     /// Log lines dropped by the non-blocking writer, brought up to date on each scrape.
     log_dropped: Counter,
-    log_errors: Option<ErrorCounter>,
+    log_errors: ErrorCounter,
 }
 
 /// One route's request-path handles (cheap clones of the family members).
@@ -79,15 +78,10 @@ impl Drop for InFlight {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    /// Creates the registry with the request-path families.
-    pub fn new() -> Metrics {
+    /// Creates the registry with the request-path families; `log_errors` is the log writer's
+    /// count of dropped lines, reported as `fibhost_log_lines_dropped_total`.
+    pub fn new(log_errors: ErrorCounter) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         let durations = Family::<Labels, Histogram>::new_with_constructor(|| {
@@ -142,7 +136,7 @@ impl Metrics {
             uptime,
             started: Instant::now(),
             log_dropped,
-            log_errors: None,
+            log_errors,
         }
     }
 
@@ -164,11 +158,6 @@ impl Metrics {
         }
     }
 
-    /// Reports the log writer's dropped lines as `fibhost_log_lines_dropped_total`.
-    pub fn watch_log(&mut self, dropped: ErrorCounter) {
-        self.log_errors = Some(dropped);
-    }
-
     /// Adds the scrape-time collector over `pools`.
     pub fn register_pools(&mut self, pools: Vec<Pool>, swaps: Arc<SwapCounters>) {
         self.registry
@@ -180,11 +169,9 @@ impl Metrics {
         self.slots.set(guest::live_instances() as i64);
         self.rss.set(process_rss_bytes().unwrap_or(0) as i64);
         self.uptime.set(self.started.elapsed().as_secs() as i64);
-        if let Some(errors) = &self.log_errors {
-            let dropped = errors.dropped_lines() as u64;
-            self.log_dropped
-                .inc_by(dropped.saturating_sub(self.log_dropped.get()));
-        }
+        let dropped = self.log_errors.dropped_lines() as u64;
+        self.log_dropped
+            .inc_by(dropped.saturating_sub(self.log_dropped.get()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

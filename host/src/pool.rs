@@ -476,7 +476,7 @@ impl Inner {
     /// thread's with a free worker, else this thread's (or, on a thread without workers of
     /// this component, the lane with the least work per worker).
     fn pick_lane(&self) -> usize {
-        let own = crate::shards::Shards::current()
+        let own = Shards::current()
             .filter(|&shard| self.lanes.get(shard).is_some_and(|lane| lane.workers > 0));
         if let Some(shard) = own
             && self.lanes[shard].has_free_worker()

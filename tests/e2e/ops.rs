@@ -8,21 +8,21 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use crate::start;
-use fibhost_e2e::{Http, Server, guests};
+use fibhost_e2e::{Http, Server, addr_after, guests};
 
 use crate::admin_url as admin;
 
 /// Fetches and parses `/metrics` with a Prometheus text-format parser; returns each sample as
 /// `name{k="v",...}` (labels sorted) → value.
 async fn metrics(http: &Http, server: &Server, token: &str) -> HashMap<String, f64> {
+    scrape(http, &admin(server, "/metrics"), token).await
+}
+
+/// [`metrics`] from the admin listener's `/metrics` at `url`.
+async fn scrape(http: &Http, url: &str, token: &str) -> HashMap<String, f64> {
     let auth = format!("Bearer {token}");
     let reply = http
-        .send_with(
-            Method::GET,
-            &admin(server, "/metrics"),
-            "".into(),
-            &[("authorization", &auth)],
-        )
+        .send_with(Method::GET, url, "".into(), &[("authorization", &auth)])
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
@@ -441,29 +441,20 @@ async fn a_stalled_log_reader_costs_log_lines_not_requests() {
     while serving.is_none() {
         line.clear();
         assert!(log.read_line(&mut line).unwrap() > 0, "fibhost exited");
-        let addr = |marker: &str| {
-            line.split_once(marker)
-                .map(|(_, rest)| rest.trim().trim_end_matches('/').to_string())
-        };
-        admin = admin.or(addr("Admin listening on http://"));
-        serving = serving.or(addr("Serving HTTP on http://"));
+        admin = admin.or(addr_after(&line, "Admin listening on http://"));
+        serving = serving.or(addr_after(&line, "Serving HTTP on http://"));
     }
     let (admin, serving) = (admin.unwrap(), serving.unwrap());
     let http = Http::new();
+    let metrics_url = format!("http://{admin}/metrics");
     let dropped = async || {
-        let reply = http.get(&format!("http://{admin}/metrics")).await.unwrap();
-        reply
-            .text()
-            .lines()
-            .find_map(|l| l.strip_prefix("fibhost_log_lines_dropped_total "))
-            .expect("the metric is always exported")
-            .parse::<u64>()
-            .unwrap()
+        let samples = scrape(&http, &metrics_url, "").await;
+        value(&samples, "fibhost_log_lines_dropped_total")
     };
-    assert_eq!(dropped().await, 0);
+    assert_eq!(dropped().await, 0.0);
     // The pipe holds ~64 KiB and the queue 16 Ki lines: drops start after ~20k requests.
     let mut served = 0u64;
-    while dropped().await == 0 {
+    while dropped().await == 0.0 {
         assert!(
             served < 400_000,
             "{served} requests served and no log line dropped"

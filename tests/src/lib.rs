@@ -147,13 +147,8 @@ impl Server {
     pub fn logged_addr(&self, label: &str) -> SocketAddr {
         self.wait_for_output(label, Duration::from_secs(30));
         let output = self.output();
-        let rest = &output[output.find(label).unwrap() + label.len()..];
-        let end = rest
-            .find(|c: char| c == '/' || c.is_whitespace())
-            .unwrap_or(rest.len());
-        rest[..end]
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address after `{label}`: {e}"))
+        addr_after(&output, label)
+            .unwrap_or_else(|| panic!("no address after `{label}` in:\n{output}"))
     }
 
     /// Waits until the output contains `needle` (or panics after `limit`).
@@ -215,6 +210,16 @@ impl Drop for Server {
 }
 
 /// Reads the address from `Serving HTTP on http://ADDR/` (or the HTTPS form).
+/// The address printed right after the first `label` in `text` (up to a `/` or whitespace),
+/// e.g. after `Admin listening on http://` in fibhost's log.
+pub fn addr_after(text: &str, label: &str) -> Option<SocketAddr> {
+    let rest = &text[text.find(label)? + label.len()..];
+    let end = rest
+        .find(|c: char| c == '/' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 fn parse_startup_line(line: &str) -> Option<SocketAddr> {
     let start = line.find("Serving HTTP")?;
     let rest = &line[start..];
