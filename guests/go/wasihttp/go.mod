@@ -1,0 +1,3 @@
+module fibhost/wasihttp
+
+go 1.27
