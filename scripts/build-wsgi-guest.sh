@@ -147,7 +147,8 @@ build_log=$stage/componentize.log
 # add the site-packages of whatever Python it finds to the bundle.
 if ! (cd "$stage" && VIRTUAL_ENV=$stage PIPENV_ACTIVE= "$tools/bin/componentize-py" -d "$WIT" -w "$WORLD" \
   componentize fibhost_wsgi_entry "${paths[@]}" -o "$out") >"$build_log" 2>&1; then
-  cat "$build_log" >&2
+  # The Python traceback says what failed; componentize-py's Rust backtrace after it does not.
+  sed -e '/^Stack backtrace:/,$d' -e '/^warning: site-packages directory not found/d' "$build_log" >&2
   if [ -n "$deps" ]; then
     while IFS=$'\t' read -r dist mod; do
       if grep -qE "No module named '${mod//./\\.}'|cannot import name .* from '${mod%.*}'|${mod//./\\.}" "$build_log"; then

@@ -219,9 +219,23 @@ class Input:
             raise StopIteration
         return line
 
-    def release(self):
-        """Drops the stream, then finishes the body and drops its trailers future (children
-        first: finishing a body whose stream is alive traps)."""
+    def release(self, has_body):
+        """Reads what the app left of the body, drops the stream, then finishes the body and
+        drops its trailers future (children first: finishing a body whose stream is alive
+        traps).
+
+        The unread rest is skipped, as uWSGI does: a body left in the connection makes the host
+        close a keep-alive connection, and the client's next request on it fails. fibhost's
+        max-body-size bounds what there is to skip."""
+        if not self._eof and (self._stream is not None or has_body):
+            if self._stream is None:
+                self._body = self._request.consume()
+                self._stream = self._body.stream()
+            try:
+                while True:
+                    self._stream.blocking_skip(1 << 20)
+            except Err:
+                pass  # closed: the end of the body (or the client went away)
         self._closed = True
         if self._stream is not None:
             self._stream.__exit__(None, None, None)
@@ -405,6 +419,7 @@ class IncomingHandler(exports.IncomingHandler):
         name = method.value if isinstance(method, Method_Other) else METHOD_NAMES[type(method)]
         response = Response(response_out, name == "HEAD")
         body = None
+        environ = {}
         try:
             environ = _environ(request, name)
             body = Input(request, _content_length(environ))
@@ -418,7 +433,10 @@ class IncomingHandler(exports.IncomingHandler):
             response.abort("the WSGI application failed; see the log")
         finally:
             if body is not None:
-                body.release()
+                body.release(
+                    environ.get("CONTENT_LENGTH", "0") not in ("", "0")
+                    or "HTTP_TRANSFER_ENCODING" in environ
+                )
             request.__exit__(None, None, None)
 
 
