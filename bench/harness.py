@@ -181,7 +181,7 @@ COLUMNS = [
 NUMERIC = COLUMNS[3:-1]
 
 # Reference columns of the ratio tables, in this order, when they were measured.
-REFERENCES = ["native", "fibhost-nolog", "wasmtime", "wasmtime-reuse", "uwsgi"]
+REFERENCES = ["native", "fibhost-nolog", "wasmtime", "wasmtime-reuse", "uwsgi", "uwsgi-flask"]
 
 
 def median(values):

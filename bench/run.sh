@@ -26,7 +26,10 @@
 #      metrics give the time per instantiation), fibhost
 #      with guests/{python,js,c}-fib.wasm when those exist (JavaScript with --max-requests 1,
 #      as StarlingMonkey requires), `wasmtime serve -S cli` without and with instance reuse
-#      (when installed), uWSGI + Flask with the article's settings.
+#      (when installed), uWSGI + Flask with the article's settings; and the article's own Flask
+#      app (examples/flask-fib) twice: under fibhost through the WSGI bridge (fibhost-flask,
+#      guests/flask-fib.wasm from scripts/build-wsgi-guest.sh) and under uWSGI with the same
+#      tuned ini (uwsgi-flask).
 #   3. Loads: the article's `ab -c 500 -n 20000 /9000` (a new connection per request) and a
 #      keep-alive load at 500 connections for 10 s (wrk, or oha with --oha).
 #   4. Each measurement: time from spawn to the first 200 on /9000; that body compared with
@@ -156,6 +159,9 @@ setup_builds() {
     log "== cargo build --release -p fibhost --example guest_call"
     cargo build --release -p fibhost --example guest_call ||
         build_failed target/release/examples/guest_call "the guest_call build"
+    log "== guests/flask-fib.wasm (scripts/build-wsgi-guest.sh)"
+    scripts/build-wsgi-guest.sh app:app --app-dir examples/flask-fib -o guests/flask-fib.wasm ||
+        build_failed guests/flask-fib.wasm "the flask-fib build"
     log "== guests"
     [[ -x scripts/setup.sh ]] && scripts/setup.sh # the wasm32-wasip2 target
     if [[ -x scripts/build-guests.sh ]]; then
@@ -229,6 +235,11 @@ else
             NOTES+=("not measured: fibhost-$lang (no guests/$lang-fib.wasm)")
         fi
     done
+    if [[ -f guests/flask-fib.wasm ]]; then
+        SYSTEMS+=(fibhost-flask)
+    else
+        NOTES+=("not measured: fibhost-flask (no guests/flask-fib.wasm; scripts/build-wsgi-guest.sh builds it)")
+    fi
 fi
 if [[ ! -f guests/fib.wasm ]]; then
     : # said above
@@ -243,7 +254,7 @@ else
     NOTES+=("not measured: wasmtime serve (not installed; use --with-wasmtime)")
 fi
 if [[ -x $VENV/bin/uwsgi ]]; then
-    SYSTEMS+=(uwsgi)
+    SYSTEMS+=(uwsgi uwsgi-flask)
 else
     NOTES+=("not measured: uwsgi (no $VENV; run without --no-setup)")
 fi
@@ -283,6 +294,8 @@ system_command() {
         # StarlingMonkey serves one fetch event per instance (see the README's guest section):
         # compare this one with fibhost-maxreq1.
         fibhost-js) CMD=("${fibhost[@]}" guests/js-fib.wasm "${quiet[@]}" --max-requests 1) ;;
+        # The article's Flask app, unchanged, through the WSGI bridge: compare with uwsgi-flask.
+        fibhost-flask) CMD=("${fibhost[@]}" guests/flask-fib.wasm "${quiet[@]}") ;;
         wasmtime) CMD=(wasmtime serve -S cli --addr 127.0.0.1:0 guests/fib.wasm) ;;
         wasmtime-reuse)
             CMD=(wasmtime serve -S cli --max-instance-reuse-count "$reuse_all" --addr 127.0.0.1:0 guests/fib.wasm) ;;
@@ -291,6 +304,12 @@ system_command() {
             port=$(free_port)
             ADDR=127.0.0.1:$port
             CMD=(env "FIB_UWSGI_PORT=$port" "$VENV/bin/uwsgi" --ini bench/uwsgi/uwsgi.ini) ;;
+        # The same tuned ini serving the article's own app (a later --chdir wins over the ini's).
+        uwsgi-flask)
+            local port
+            port=$(free_port)
+            ADDR=127.0.0.1:$port
+            CMD=(env "FIB_UWSGI_PORT=$port" "$VENV/bin/uwsgi" --ini bench/uwsgi/uwsgi.ini --chdir "$ROOT/examples/flask-fib") ;;
         *) die "unknown system \`$1\`" ;;
     esac
 }
