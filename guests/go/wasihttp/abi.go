@@ -118,10 +118,10 @@ func runtimeSbrk(n uintptr) unsafe.Pointer
 var runtimeBloc uintptr
 
 var (
-	early              [16 << 10]uint64 // 128 KiB for allocations before the runtime's break exists
-	earlyUsed          uintptr
-	permPos, permEnd   uintptr // the current chunk of permanent allocations
-	arenaOn            bool    // set around import calls: allocate from the arena
+	early                         [16 << 10]uint64 // 128 KiB for allocations before the runtime's break exists
+	earlyUsed                     uintptr
+	permPos, permEnd              uintptr // the current chunk of permanent allocations
+	arenaOn                       bool    // set around import calls: allocate from the arena
 	arenaBase, arenaPos, arenaEnd uintptr
 )
 
