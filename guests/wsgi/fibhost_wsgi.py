@@ -338,13 +338,42 @@ class Response:
             body.__exit__(None, None, None)
 
 
+# The environ's entries that are the same for every request (copied, then filled in).
+_ENVIRON_TEMPLATE = {
+    # fibhost's strip-prefix hides a route's prefix from the guest; the app is mounted at the
+    # root of what it sees.
+    "SCRIPT_NAME": "",
+    # wasi:http does not tell the request's HTTP version.
+    "SERVER_PROTOCOL": "HTTP/1.1",
+    "wsgi.version": (1, 0),
+    "wsgi.multithread": False,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+    "wsgi.input_terminated": True,
+    "wsgi.file_wrapper": FileWrapper,
+}
+
+# Field name -> environ key, memoised (the same few names come with every request).
+_HEADER_KEYS = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
+def _header_key(name):
+    key = _HEADER_KEYS.get(name)
+    if key is None:
+        key = _HEADER_KEYS[name] = "HTTP_" + name.upper().replace("-", "_")
+    return key
+
+
 def _environ(request, method):
     """The PEP 3333 environ of `request` (its header fields are read and dropped here)."""
     target = request.path_with_query() or "/"
     path, _, query = target.partition("?")
     scheme = request.scheme()
-    url_scheme = "https" if isinstance(scheme, Scheme_Https) else "http"
-    if scheme is not None and not isinstance(scheme, (Scheme_Http, Scheme_Https)):
+    if scheme is None or isinstance(scheme, Scheme_Http):
+        url_scheme = "http"
+    elif isinstance(scheme, Scheme_Https):
+        url_scheme = "https"
+    else:
         url_scheme = scheme.value.lower()
 
     fields = request.headers()
@@ -353,34 +382,18 @@ def _environ(request, method):
     finally:
         fields.__exit__(None, None, None)  # a child of the request: dropped before it
 
-    environ = {
-        "REQUEST_METHOD": method,
-        # fibhost's strip-prefix hides a route's prefix from the guest; the app is mounted at
-        # the root of what it sees.
-        "SCRIPT_NAME": "",
-        # Percent-decoded bytes carried in a str as latin-1, as PEP 3333 requires: the
-        # framework re-encodes to latin-1 and decodes UTF-8 (Werkzeug, Django do).
-        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-        "QUERY_STRING": query,
-        # wasi:http does not tell the request's HTTP version.
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": url_scheme,
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "wsgi.input_terminated": True,
-        "wsgi.file_wrapper": FileWrapper,
-    }
+    environ = _ENVIRON_TEMPLATE.copy()
+    environ["REQUEST_METHOD"] = method
+    # Percent-decoded bytes carried in a str as latin-1, as PEP 3333 requires: the framework
+    # re-encodes to latin-1 and decodes UTF-8 (Werkzeug and Django do). A path without `%` is
+    # ASCII already (the host accepts nothing else in a request target).
+    environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
+    environ["QUERY_STRING"] = query
+    environ["wsgi.url_scheme"] = url_scheme
+    environ["wsgi.errors"] = sys.stderr
     for name, value in entries:
+        key = _header_key(name)
         value = value.decode("latin-1")
-        if name == "content-type":
-            key = "CONTENT_TYPE"
-        elif name == "content-length":
-            key = "CONTENT_LENGTH"
-        else:
-            key = "HTTP_" + name.upper().replace("-", "_")
         previous = environ.get(key)
         if previous is None:
             environ[key] = value
