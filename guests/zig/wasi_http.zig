@@ -22,7 +22,6 @@ const Allocator = std.mem.Allocator;
 
 // --- imports -------------------------------------------------------------------------------
 
-
 extern "wasi:http/types@0.2.12" fn @"[method]incoming-request.method"(self: u32, ret: [*]u8) void;
 extern "wasi:http/types@0.2.12" fn @"[method]incoming-request.path-with-query"(self: u32, ret: [*]u8) void;
 extern "wasi:http/types@0.2.12" fn @"[method]incoming-request.headers"(self: u32) u32;
@@ -109,20 +108,21 @@ pub const Request = struct {
     }
 
     /// Every request header in the order received.
-    pub fn headers(r: *const Request) []const Field {
+    pub fn headers(r: *const Request) error{OutOfMemory}![]const Field {
         const fields = @"[method]incoming-request.headers"(r.handle);
         defer @"[resource-drop]fields"(fields);
         @"[method]fields.entries"(fields, &ret);
         const len = retU32(4);
         if (len == 0) return &.{};
-        const entries: [*]const FieldAbi = @ptrFromInt(retU32(0));
-        // Field has the same layout as FieldAbi on wasm32 (two slices).
-        return @as([*]const Field, @ptrCast(entries))[0..len];
+        const entries = @as([*]const FieldAbi, @ptrFromInt(retU32(0)))[0..len];
+        const out = try r.arena.alloc(Field, len);
+        for (entries, out) |e, *f| f.* = .{ .name = e.name[0..e.name_len], .value = e.value[0..e.value_len] };
+        return out;
     }
 
     /// The first value of header `name` (case-insensitive), or null.
-    pub fn header(r: *const Request, name: []const u8) ?[]const u8 {
-        for (r.headers()) |f| if (std.ascii.eqlIgnoreCase(f.name, name)) return f.value;
+    pub fn header(r: *const Request, name: []const u8) error{OutOfMemory}!?[]const u8 {
+        for (try r.headers()) |f| if (std.ascii.eqlIgnoreCase(f.name, name)) return f.value;
         return null;
     }
 
@@ -179,13 +179,17 @@ pub const Response = struct {
     pub fn writeHeader(w: *Response, status: u16) void {
         if (w.sent) return;
         w.sent = true;
-        @"[static]fields.from-list"(@ptrCast(w.headers.items.ptr), w.headers.items.len, &ret);
         var code = status;
-        var fields = retU32(4);
-        if (retU8(0) != 0) {
+        var fields: u32 = 0; // 0 is never a valid handle
+        if (w.arena.alloc(FieldAbi, w.headers.items.len)) |list| {
+            for (w.headers.items, list) |f, *e| e.* = .{ .name = f.name.ptr, .name_len = f.name.len, .value = f.value.ptr, .value_len = f.value.len };
+            @"[static]fields.from-list"(list.ptr, list.len, &ret);
+            if (retU8(0) == 0) fields = retU32(4);
+        } else |_| {}
+        if (fields == 0) {
             log("wasi_http: invalid response header; answering 500", .{});
             code = 500;
-            @"[static]fields.from-list"(@ptrCast(w.headers.items.ptr), 0, &ret);
+            @"[static]fields.from-list"(@ptrFromInt(4), 0, &ret); // an empty list: any aligned address
             fields = retU32(4);
         }
         const response = @"[constructor]outgoing-response"(fields);
