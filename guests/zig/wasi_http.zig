@@ -65,6 +65,12 @@ fn retBytes(off: usize) []const u8 {
     return @as([*]const u8, @ptrFromInt(retU32(off)))[0..len];
 }
 
+/// The address of a list for the host. The host checks alignment and bounds even for an empty
+/// list, and Zig's empty slices may point anywhere.
+fn listPtr(comptime T: type, items: []const T) [*]const T {
+    return if (items.len > 0) items.ptr else @ptrFromInt(@alignOf(T));
+}
+
 // --- memory --------------------------------------------------------------------------------
 
 var arena_state = std.heap.ArenaAllocator.init(std.heap.wasm_allocator);
@@ -183,13 +189,13 @@ pub const Response = struct {
         var fields: u32 = 0; // 0 is never a valid handle
         if (w.arena.alloc(FieldAbi, w.headers.items.len)) |list| {
             for (w.headers.items, list) |f, *e| e.* = .{ .name = f.name.ptr, .name_len = f.name.len, .value = f.value.ptr, .value_len = f.value.len };
-            @"[static]fields.from-list"(list.ptr, list.len, &ret);
+            @"[static]fields.from-list"(listPtr(FieldAbi, list), list.len, &ret);
             if (retU8(0) == 0) fields = retU32(4);
         } else |_| {}
         if (fields == 0) {
             log("wasi_http: invalid response header; answering 500", .{});
             code = 500;
-            @"[static]fields.from-list"(@ptrFromInt(4), 0, &ret); // an empty list: any aligned address
+            @"[static]fields.from-list"(listPtr(FieldAbi, &.{}), 0, &ret);
             fields = retU32(4);
         }
         const response = @"[constructor]outgoing-response"(fields);
