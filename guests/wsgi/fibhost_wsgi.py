@@ -66,8 +66,10 @@ METHOD_NAMES = {
     Method_Patch: "PATCH",
 }
 
-# `blocking-write-and-flush` and `blocking-read` move at most 4096 bytes per call.
+# `blocking-write-and-flush` takes at most 4096 bytes per call.
 IO_CHUNK = 4096
+# What one `blocking-read` of the request body asks for (it returns what the host has, up to this).
+READ_CHUNK = 65536
 
 # Hop-by-hop headers: PEP 3333 forbids an application to send them, and the host refuses them in
 # a response's fields (wasi:http's `forbidden`), so they are left out rather than fail the
@@ -145,16 +147,16 @@ class Input:
         self._eof = content_length == 0
         self._closed = False
 
-    def _fill(self, wanted):
-        """Reads at least one more chunk into the buffer; False at the end of the body."""
+    def _next(self, wanted):
+        """The next chunk of the body (at most `wanted` bytes if >= 0); b"" at its end."""
         if self._closed:
             raise ValueError("wsgi.input read after the request finished")
         if self._eof:
-            return False
+            return b""
         if self._stream is None:
             self._body = self._request.consume()
             self._stream = self._body.stream()
-        size = IO_CHUNK if wanted < 0 else max(1, min(wanted, IO_CHUNK))
+        size = READ_CHUNK if wanted < 0 else max(1, min(wanted, READ_CHUNK))
         if self._remaining is not None:
             size = min(size, self._remaining)
         try:
@@ -162,25 +164,35 @@ class Input:
         except Err as e:
             if isinstance(e.value, StreamError_Closed):
                 self._eof = True
-                return False
+                return b""
             raise OSError(f"reading the request body failed: {e.value}") from None
         if self._remaining is not None:
             self._remaining -= len(chunk)
             if self._remaining <= 0:
                 self._eof = True
+        return chunk
+
+    def _fill(self, wanted):
+        """Appends the next chunk to the buffer; False at the end of the body."""
+        chunk = self._next(wanted)
         self._buffer += chunk
-        return True
+        return bool(chunk)
 
     def read(self, size=-1):
+        # Chunks are collected and joined once: appending each to the buffer would copy the
+        # body over and over.
+        parts, have = [self._buffer], len(self._buffer)
+        self._buffer = b""
         if size is None or size < 0:
-            while self._fill(-1):
-                pass
-            data, self._buffer = self._buffer, b""
-            return data
-        while len(self._buffer) < size and self._fill(size - len(self._buffer)):
-            pass
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+            while chunk := self._next(-1):
+                parts.append(chunk)
+            return b"".join(parts)
+        while have < size and (chunk := self._next(size - have)):
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        self._buffer = data[size:]
+        return data[:size]
 
     def readline(self, size=-1):
         while True:
