@@ -180,8 +180,9 @@ pub const Response = struct {
         try w.headers.append(w.arena, .{ .name = name, .value = value });
     }
 
-    /// Sends the status and the headers (at most once). An invalid header or status turns
-    /// the response into an empty 500, with a line in the log.
+    /// Sends the status and the headers (at most once). An invalid header turns the response
+    /// into a 500 without headers or body, an invalid status into a 500; each with a line in
+    /// the log.
     pub fn writeHeader(w: *Response, status: u16) void {
         if (w.sent) return;
         w.sent = true;
@@ -195,6 +196,7 @@ pub const Response = struct {
         if (fields == 0) {
             log("wasi_http: invalid response header; answering 500", .{});
             code = 500;
+            w.head = true; // no body either
             @"[static]fields.from-list"(listPtr(FieldAbi, &.{}), 0, &ret);
             fields = retU32(4);
         }

@@ -154,8 +154,8 @@ func (w *ResponseWriter) AddHeader(name, value string) {
 }
 
 // WriteHeader sends the status and headers. Without it the first Write sends status 200.
-// An invalid header name or value, or an invalid status, turns the response into an empty 500
-// and is written to stderr (the server's log).
+// An invalid header name or value turns the response into a 500 without headers or body, an
+// invalid status into a 500; each is written to stderr (the server's log).
 func (w *ResponseWriter) WriteHeader(status int) {
 	if w.sent {
 		return
@@ -180,6 +180,7 @@ func (w *ResponseWriter) WriteHeader(status int) {
 	} else {
 		logf("wasihttp: invalid response header; answering 500")
 		status, fields = 500, importFieldsFromListEmpty()
+		w.head = true // no body either
 	}
 	w.response = importNewOutgoingResponse(fields)
 	if status != 200 && importSetStatusCode(w.response, uint32(status)) != 0 {
