@@ -12,12 +12,14 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
+use fibhost::config::{RouteConfig, Settings};
 use fibhost::engine::{Loader, new_engine, start_epoch_ticker};
-use fibhost::guest::{Instance, InstanceSpec, Served};
+use fibhost::guest::{Instance, LiveInstances, reply};
+use fibhost::outcome::Outcome;
+use fibhost::request_id::RequestIds;
 use http_body_util::{BodyExt, Empty};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
@@ -40,24 +42,26 @@ fn main() -> Result<()> {
 }
 
 async fn measure(component: PathBuf) -> Result<()> {
-    let spec = InstanceSpec {
-        env: Vec::new(),
-        memory_limit_bytes: 64 << 20,
-        // As `fibhost` runs every call: under a request timeout.
-        request_timeout: Some(Duration::from_secs(60)),
-        route: Arc::from("/"),
+    // The route as `fibhost --component FILE` resolves it (request timeout included: every
+    // call runs under one).
+    let settings = Settings {
+        component: Some(component.clone()),
+        memory_limit_mib: Some(64),
+        ..Settings::default()
     };
-    let engine = new_engine(1, spec.memory_limit_bytes)?;
+    let spec: RouteConfig = settings.resolve()?.routes.remove(0);
+    let engine = new_engine(1, spec.lifecycle.memory_limit_bytes)?;
     start_epoch_ticker(&engine);
-    let version = Loader::new(engine, None)?
+    let version = Loader::new(engine, None, u64::MAX)?
         .load(&component)
         .with_context(|| format!("cannot load {}", component.display()))?;
-    let mut instance = Instance::new(&version, &spec).await?;
+    let mut instance = Instance::new(&version, &spec, &LiveInstances::default()).await?;
+    let ids = RequestIds::default();
     let mut best = f64::INFINITY;
     for _ in 0..ROUNDS {
         let started = Instant::now();
         for _ in 0..CALLS {
-            call(&mut instance, &spec).await?;
+            call(&mut instance, &spec, &ids).await?;
         }
         best = best.min(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS));
     }
@@ -70,24 +74,19 @@ async fn measure(component: PathBuf) -> Result<()> {
 }
 
 /// One `GET /9000` through the guest, its body read to the end.
-async fn call(instance: &mut Instance, spec: &InstanceSpec) -> Result<()> {
+async fn call(instance: &mut Instance, spec: &RouteConfig, ids: &RequestIds) -> Result<()> {
     let request = hyper::Request::builder()
         .uri("http://127.0.0.1/9000")
         .header("host", "127.0.0.1")
         .body(Empty::new().map_err(|never| match never {}).boxed_unsync())?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let served = instance
-        .serve(
-            request,
-            Scheme::Http,
-            Arc::new(Mutex::new(Some(tx))),
-            spec.request_timeout,
-        )
-        .await;
-    if !matches!(served, Served::Ok) {
-        bail!("the guest failed: {served:?}");
+    let (reply, answer) = reply();
+    let id = ids.assign(None);
+    let timeout = spec.lifecycle.request_timeout;
+    let outcome = (instance.serve(request, Scheme::Http, &reply, &id, timeout)).await;
+    if !matches!(outcome, Outcome::Answered) {
+        bail!("the guest failed: {outcome:?}");
     }
-    let response = rx.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let response = answer.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
     let body = response.into_body().collect().await?.to_bytes();
     if !body.starts_with(b"[0, 1, 1, 2") {
         bail!("unexpected body: {}", String::from_utf8_lossy(&body));

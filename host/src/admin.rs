@@ -14,125 +14,195 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-use crate::App;
-use crate::swap::{self, SwapError};
+use crate::error::json_response;
+use crate::metrics::Metrics;
+use crate::routes::Router;
+use crate::server::{self, Draining};
+use crate::swap::{SwapError, Swapper};
 
-/// Serves the admin endpoints on `listener` for the life of the process. `public` is the
-/// public listener's address, named in the stats document.
-pub async fn serve(
-    listener: TcpListener,
-    app: Arc<App>,
-    token: Option<String>,
+/// Most admin (and stats) connections open at once: scrapers and operators, not traffic.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// What the admin listener needs, and nothing else.
+pub struct Ctx {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    swapper: Arc<Swapper>,
+    draining: Draining,
+    /// The public listener's address, named in the stats document.
     public: SocketAddr,
-) {
-    let token = token.map(|t| Sha256::digest(t.as_bytes()));
+    /// SHA-256 of the admin token: compared in constant time, and never kept in clear.
+    token: Option<sha2::digest::Output<Sha256>>,
+    /// Paths the reload API may load from, when restricted (`reload-dir`, canonical).
+    reload_dir: Option<PathBuf>,
+    header_read_timeout: Duration,
+}
+
+impl Ctx {
+    /// The admin context. `reload_dir`, when set, must exist (it is resolved here).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor, called once by the app"
+    )]
+    pub fn new(
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        swapper: Arc<Swapper>,
+        draining: Draining,
+        public: SocketAddr,
+        token: Option<&str>,
+        reload_dir: Option<&Path>,
+        header_read_timeout: Duration,
+    ) -> anyhow::Result<Ctx> {
+        use anyhow::Context as _;
+        let reload_dir = reload_dir
+            .map(|dir| {
+                std::fs::canonicalize(dir)
+                    .with_context(|| format!("`reload-dir` `{}` does not exist", dir.display()))
+            })
+            .transpose()?;
+        Ok(Ctx {
+            router,
+            metrics,
+            swapper,
+            draining,
+            public,
+            token: token.map(|t| Sha256::digest(t.as_bytes())),
+            reload_dir,
+            header_read_timeout,
+        })
+    }
+}
+
+/// Serves the admin endpoints on `listener` for the life of the process, with the public
+/// listener's bounds: a connection cap, a header-read timeout, backoff on accept errors.
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
+    let connections = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let mut errors = 0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let app = app.clone();
+        let permit = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the admin semaphore is never closed");
+        let (stream, _) = server::accept(&listener, &mut errors).await;
+        let ctx = ctx.clone();
         tokio::spawn(async move {
+            let timeout = ctx.header_read_timeout;
             let service = hyper::service::service_fn(move |request| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(&app, token.as_ref(), public, request).await) }
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, request).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            // HTTP/1.1 only: no protocol detection to stall on, and hyper's header-read timer
+            // runs from the first read, so a silent client is closed after the timeout.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(permit);
         });
     }
 }
 
 /// Serves the stats socket: each connection gets the stats document, then EOF (uWSGI's
-/// `--stats`, which `uwsgitop HOST:PORT` reads). `public` is the public listener's address.
-pub async fn serve_stats_socket(listener: TcpListener, app: Arc<App>, public: SocketAddr) {
+/// `--stats`, which `uwsgitop HOST:PORT` reads).
+pub async fn serve_stats_socket(listener: TcpListener, ctx: Arc<Ctx>) {
+    let connections = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let mut errors = 0;
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let body = stats(&app, public).to_string();
+        let permit = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the stats semaphore is never closed");
+        let (mut stream, _) = server::accept(&listener, &mut errors).await;
+        let body = stats(&ctx).to_string();
+        let timeout = ctx.header_read_timeout;
         tokio::spawn(async move {
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let write = async {
+                stream.write_all(body.as_bytes()).await?;
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(timeout, write).await;
+            drop(permit);
         });
     }
 }
 
-async fn handle(
-    app: &Arc<App>,
-    token: Option<&sha2::digest::Output<Sha256>>,
-    public: SocketAddr,
-    request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn handle(ctx: &Arc<Ctx>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
     let probe = matches!(path.as_str(), "/healthz" | "/readyz");
-    if !probe && let Some(expected) = token {
+    if !probe && let Some(expected) = &ctx.token {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .map(|t| Sha256::digest(t.as_bytes()));
         if !given.is_some_and(|g| bool::from(g.ct_eq(expected))) {
             return json_response(
                 StatusCode::UNAUTHORIZED,
-                json!({"error": "this endpoint needs `Authorization: Bearer <admin-token>`"}),
+                &json!({"error": "this endpoint needs `Authorization: Bearer <admin-token>`"}),
             );
         }
     }
     let method = request.method().clone();
     match (method, path.as_str()) {
-        (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
+        (Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (Method::GET, "/readyz") => {
-            if app.draining.load(Ordering::Acquire) {
+            if ctx.draining.is_draining() {
                 json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"status": "draining"}),
+                    &json!({"status": "draining"}),
                 )
             } else {
-                json_response(StatusCode::OK, json!({"status": "ready"}))
+                json_response(StatusCode::OK, &json!({"status": "ready"}))
             }
         }
         (Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(app.metrics.encode())));
+            let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.encode())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             response
         }
-        (Method::GET, "/stats") => json_response(StatusCode::OK, stats(app, public)),
-        (Method::GET, "/admin/status") => json_response(StatusCode::OK, status(app)),
-        (Method::POST, "/admin/reload") => reload(app, request.uri().query().unwrap_or("")).await,
+        (Method::GET, "/stats") => json_response(StatusCode::OK, &stats(ctx)),
+        (Method::GET, "/admin/status") => json_response(StatusCode::OK, &status(ctx)),
+        (Method::POST, "/admin/reload") => reload(ctx, request.uri().query().unwrap_or("")).await,
         (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/admin/status") => {
-            json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "use GET"}))
+            json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use GET"}))
         }
-        (_, "/admin/reload") => {
-            json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "use POST"}))
-        }
+        (_, "/admin/reload") => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "use POST"}),
+        ),
         _ => json_response(
             StatusCode::NOT_FOUND,
-            json!({"error": format!("no admin endpoint `{path}`")}),
+            &json!({"error": format!("no admin endpoint `{path}`")}),
         ),
     }
 }
 
-async fn reload(app: &Arc<App>, query: &str) -> Response<Full<Bytes>> {
+async fn reload(ctx: &Arc<Ctx>, query: &str) -> Response<Full<Bytes>> {
     let mut route = None;
     let mut component = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -142,15 +212,30 @@ async fn reload(app: &Arc<App>, query: &str) -> Response<Full<Bytes>> {
             other => {
                 return json_response(
                     StatusCode::BAD_REQUEST,
-                    json!({"error": format!("unknown parameter `{other}`; use `route` and `component`")}),
+                    &json!({"error": format!("unknown parameter `{other}`; use `route` and `component`")}),
                 );
             }
         }
     }
-    match swap::reload(app, route.as_deref(), component).await {
+    if let Some(component) = &component
+        && let Some(refusal) = outside_reload_dir(ctx, component)
+    {
+        return refusal;
+    }
+    // The swap runs in a task of its own: a client that disconnects mid-swap must not leave
+    // it half-done (new version serving, old path recorded, nothing logged or counted).
+    let swapper = ctx.swapper.clone();
+    let swap = tokio::spawn(async move { swapper.reload(route.as_deref(), component).await });
+    let Ok(outcome) = swap.await else {
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": "the swap task failed; see the log"}),
+        );
+    };
+    match outcome {
         Ok(swapped) => json_response(
             StatusCode::OK,
-            json!({"status": "swapped", "routes": swapped}),
+            &json!({"status": "swapped", "routes": swapped}),
         ),
         Err(e) => {
             let status = match e {
@@ -158,13 +243,36 @@ async fn reload(app: &Arc<App>, query: &str) -> Response<Full<Bytes>> {
                 SwapError::WhichRoute(_) => StatusCode::BAD_REQUEST,
                 SwapError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             };
-            json_response(status, json!({"error": e.to_string()}))
+            json_response(status, &json!({"error": e.to_string()}))
         }
     }
 }
 
-fn status(app: &App) -> Value {
-    let routes: Vec<Value> = app
+/// With `reload-dir` set, a component path must resolve inside it. The answer is the same
+/// whether the path exists or not: the admin API does not probe the filesystem for a caller.
+fn outside_reload_dir(ctx: &Ctx, component: &Path) -> Option<Response<Full<Bytes>>> {
+    let dir = ctx.reload_dir.as_ref()?;
+    let inside = std::fs::canonicalize(component).is_ok_and(|p| p.starts_with(dir));
+    (!inside).then(|| {
+        json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": format!(
+                "component paths must name a file inside `reload-dir` ({})", dir.display()
+            )}),
+        )
+    })
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn status(ctx: &Ctx) -> Value {
+    let routes: Vec<Value> = ctx
+        .router
         .routes()
         .iter()
         .map(|r| {
@@ -174,7 +282,7 @@ fn status(app: &App) -> Value {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             json!({
-                "route": r.prefix,
+                "route": r.prefix(),
                 "component": version.path,
                 "sha256": version.sha256,
                 "loaded_at": loaded,
@@ -182,24 +290,25 @@ fn status(app: &App) -> Value {
             })
         })
         .collect();
-    json!({ "routes": routes, "draining": app.draining.load(Ordering::Acquire) })
+    json!({ "routes": routes, "draining": ctx.draining.is_draining() })
 }
 
 /// The stats document, with uWSGI's field names. Workers of all routes are numbered in one
 /// sequence (uWSGI has one worker list); each carries its `route`. No request data appears.
-pub fn stats(app: &App, addr: SocketAddr) -> Value {
+fn stats(ctx: &Ctx) -> Value {
+    let addr = ctx.public;
     let pid = std::process::id();
     let mut workers = Vec::new();
     let mut sockets = Vec::new();
     let (mut queued, mut rejected, mut busy) = (0, 0, 0);
-    for route in app.routes() {
+    for route in ctx.router.routes() {
         let pool = &route.pool;
         let stats = pool.stats();
         queued += pool.queue_depth();
         rejected += stats.rejected.load(Ordering::Relaxed);
         busy += stats.busy();
         sockets.push(json!({
-            "name": format!("{addr}{}", route.prefix), "proto": "http", "queue": pool.queue_depth(),
+            "name": format!("{addr}{}", route.prefix()), "proto": "http", "queue": pool.queue_depth(),
             "max_queue": 0, "shared": 0, "can_offload": 0,
         }));
         for (i, w) in stats.workers.iter().enumerate() {
@@ -208,7 +317,7 @@ pub fn stats(app: &App, addr: SocketAddr) -> Value {
             let is_busy = w.busy.load(Ordering::Relaxed);
             workers.push(json!({
                 "id": workers.len() + 1,
-                "route": route.prefix,
+                "route": route.prefix(),
                 "route_worker": i + 1,
                 "pid": pid,
                 "accepting": 1,
@@ -246,12 +355,16 @@ pub fn stats(app: &App, addr: SocketAddr) -> Value {
     })
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 }

@@ -19,7 +19,8 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// Marks a fibhost cache entry (and its format version).
-const MAGIC: &[u8; 8] = b"FHCACHE1";
+/// Version 2: the checksum covers the component's hash (version 1 entries are rebuilt).
+const MAGIC: &[u8; 8] = b"FHCACHE2";
 const HEADER_LEN: usize = MAGIC.len() + 32;
 
 /// A directory of compiled components.
@@ -31,9 +32,32 @@ pub struct Cache {
 
 impl Cache {
     /// Opens (creating if needed) the cache directory for `engine`.
+    /// Refuses a directory that users other than its owner may write to: anyone who can write
+    /// there could plant compiled code or redirect fibhost's writes with a symlink.
     pub fn open(dir: &Path, engine: &Engine) -> Result<Cache> {
-        std::fs::create_dir_all(dir)
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .with_context(|| format!("cannot create cache-dir `{}`", dir.display()))?;
+        let meta = std::fs::symlink_metadata(dir)
+            .with_context(|| format!("cannot read cache-dir `{}`", dir.display()))?;
+        anyhow::ensure!(
+            meta.is_dir(),
+            "cache-dir `{}` is not a directory (a symlink is not accepted)",
+            dir.display()
+        );
+        let mode = meta.permissions().mode();
+        anyhow::ensure!(
+            mode & 0o022 == 0,
+            "cache-dir `{}` is writable by other users (mode {:o}): they could plant compiled \
+             code; `chmod go-w` it or pick a directory only fibhost's user writes",
+            dir.display(),
+            mode & 0o777
+        );
+        // DefaultHasher's output may change between Rust releases: a toolchain upgrade then
+        // names every entry anew and the cache refills (harmless; entries are never misread).
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Cache {
@@ -47,22 +71,16 @@ impl Cache {
         self.dir.join(format!("{sha256}-{}.cwasm", self.engine_key))
     }
 
-    /// Returns the cached compilation of the component with hash `sha256`, or compiles it
-    /// with `compile` and stores the result.
-    pub fn get_or_compile(
-        &self,
-        engine: &Engine,
-        sha256: &str,
-        source: &Path,
-        compile: impl FnOnce() -> Result<Component>,
-    ) -> Result<Component> {
+    /// The cached compilation of the component with hash `sha256`, if there is a sound one.
+    /// A corrupt, foreign or incompatible entry is logged, deleted and reported as a miss.
+    pub fn get(&self, engine: &Engine, sha256: &str, source: &Path) -> Option<Component> {
         let entry = self.entry_path(sha256);
-        match self.read(engine, &entry) {
+        match self.read(engine, &entry, sha256) {
             Ok(Some(component)) => {
                 tracing::info!(component = %source.display(), entry = %entry.display(), "loaded compiled component from cache");
-                return Ok(component);
+                Some(component)
             }
-            Ok(None) => {}
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(
                     entry = %entry.display(),
@@ -70,22 +88,21 @@ impl Cache {
                     "ignoring a corrupt or incompatible cache entry; recompiling"
                 );
                 let _ = std::fs::remove_file(&entry);
+                None
             }
         }
-        let started = std::time::Instant::now();
-        let component = compile()?;
-        tracing::info!(
-            component = %source.display(),
-            compile_ms = started.elapsed().as_millis() as u64,
-            "compiled component (cache miss)"
-        );
-        if let Err(e) = self.write(&component, &entry) {
-            tracing::warn!(entry = %entry.display(), error = format!("{e:#}"), "cannot write cache entry");
-        }
-        Ok(component)
     }
 
-    fn read(&self, engine: &Engine, entry: &Path) -> Result<Option<Component>> {
+    /// Stores the compilation of the component with hash `sha256`; a failure only costs a
+    /// recompilation next time, so it is logged, not returned.
+    pub fn put(&self, component: &Component, sha256: &str) {
+        let entry = self.entry_path(sha256);
+        if let Err(e) = self.write(component, &entry, sha256) {
+            tracing::warn!(entry = %entry.display(), error = format!("{e:#}"), "cannot write cache entry");
+        }
+    }
+
+    fn read(&self, engine: &Engine, entry: &Path, sha256: &str) -> Result<Option<Component>> {
         let bytes = match std::fs::read(entry) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -97,8 +114,8 @@ impl Cache {
         );
         let (header, payload) = bytes.split_at(HEADER_LEN);
         anyhow::ensure!(
-            Sha256::digest(payload).as_slice() == &header[MAGIC.len()..],
-            "checksum mismatch"
+            checksum(sha256, payload).as_slice() == &header[MAGIC.len()..],
+            "checksum mismatch (not written for this component, or damaged)"
         );
         #[expect(
             unsafe_code,
@@ -114,16 +131,41 @@ impl Cache {
             .context("wasmtime rejected the entry")
     }
 
-    fn write(&self, component: &Component, entry: &Path) -> Result<()> {
+    fn write(&self, component: &Component, entry: &Path, sha256: &str) -> Result<()> {
         let payload = component.serialize().map_err(anyhow::Error::from)?;
         let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
         bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&Sha256::digest(&payload));
+        bytes.extend_from_slice(&checksum(sha256, &payload));
         bytes.extend_from_slice(&payload);
-        // Write then rename, so a crash or a concurrent reader never sees half an entry.
-        let temp = entry.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&temp, &bytes)?;
-        std::fs::rename(&temp, entry)?;
+        // Write a new file (never through a symlink, never over an existing file), then
+        // rename: a crash or a concurrent reader never sees half an entry.
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let temp = entry.with_extension(format!(
+            "tmp{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temp)?;
+        let written = file.write_all(&bytes).and_then(|()| file.sync_data());
+        if let Err(e) = written.and_then(|()| std::fs::rename(&temp, entry)) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e.into());
+        }
         Ok(())
     }
+}
+
+/// The entry's checksum covers the component's own hash as well as the payload, so a sound
+/// entry of another component copied under this component's name is refused.
+fn checksum(component_sha256: &str, payload: &[u8]) -> sha2::digest::Output<Sha256> {
+    let mut hasher = Sha256::new();
+    hasher.update(component_sha256.as_bytes());
+    hasher.update(payload);
+    hasher.finalize()
 }

@@ -33,6 +33,17 @@ pub const DEFAULT_MAX_BODY_MIB: u64 = 16;
 pub const DEFAULT_MAX_HEADER_KIB: u64 = 64;
 /// Default time a client gets to send a complete request head (slowloris bound).
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Default time an idle keep-alive (or HTTP/2) connection is kept open (nginx's
+/// `keepalive_timeout` is 75 s; uWSGI's HTTP router closes at once).
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT_SECS: u64 = 60;
+/// Default time a response may wait for the client to take more bytes (nginx `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT_SECS: u64 = 60;
+/// Default cap on a component file's size: a Python guest is ~30 MiB.
+pub const DEFAULT_MAX_COMPONENT_MIB: u64 = 256;
+/// Most accepted `max-header-size`, KiB.
+pub const MAX_HEADER_KIB: u64 = 1024;
+/// Most accepted `memory-limit`, MiB (wasm32 addresses 4 GiB).
+pub const MAX_MEMORY_LIMIT_MIB: u64 = 4096;
 /// Default cap on simultaneously open client connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Most accepted `--threads`.
@@ -143,13 +154,9 @@ pub struct Settings {
     pub memory_limit_mib: Option<u64>,
 
     /// Environment variable granted to the guest: `NAME` passes fibhost's own value, `NAME=value`
-    /// sets one. Repeatable. A guest sees no other variable.
-    #[arg(
-        long = "env",
-        env = "FIBHOST_ENV",
-        value_name = "NAME[=VALUE]",
-        value_delimiter = ','
-    )]
+    /// sets one (the value may contain commas). Repeat the flag for several; `FIBHOST_ENV`
+    /// grants one. A guest sees no other variable.
+    #[arg(long = "env", env = "FIBHOST_ENV", value_name = "NAME[=VALUE]")]
     pub env: Option<Vec<String>>,
 
     /// Largest accepted request body in MiB; larger ones get 413 [default: 16].
@@ -257,6 +264,45 @@ pub struct Settings {
     )]
     pub tls_key: Option<PathBuf>,
 
+    /// Seconds an idle keep-alive or HTTP/2 connection is kept open [default: 60].
+    #[arg(
+        long = "keep-alive-timeout",
+        env = "FIBHOST_KEEP_ALIVE_TIMEOUT",
+        value_name = "SECS"
+    )]
+    #[serde(rename = "keep-alive-timeout")]
+    pub keep_alive_timeout_secs: Option<f64>,
+
+    /// Seconds a response may wait for the client to read more of it; a client that stops
+    /// reading is disconnected (nginx `send_timeout`) [default: 60].
+    #[arg(
+        long = "send-timeout",
+        env = "FIBHOST_SEND_TIMEOUT",
+        value_name = "SECS"
+    )]
+    #[serde(rename = "send-timeout")]
+    pub send_timeout_secs: Option<f64>,
+
+    /// Largest component file fibhost reads, in MiB (startup, swaps, the admin API)
+    /// [default: 256].
+    #[arg(
+        long = "max-component-size",
+        env = "FIBHOST_MAX_COMPONENT_SIZE",
+        value_name = "MIB"
+    )]
+    #[serde(rename = "max-component-size")]
+    pub max_component_mib: Option<u64>,
+
+    /// Directory the admin API may load components from; paths outside it are refused
+    /// (default: any path fibhost can read).
+    #[arg(long, env = "FIBHOST_RELOAD_DIR", value_name = "DIR")]
+    pub reload_dir: Option<PathBuf>,
+
+    /// Allow an admin or stats listener on a non-loopback address without `admin-token`
+    /// (anyone who reaches it can then swap components and read stats).
+    #[arg(long, env = "FIBHOST_ADMIN_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub admin_insecure: Option<bool>,
+
     /// Components on path prefixes (`[[route]]` tables, config file only).
     #[arg(skip)]
     #[serde(rename = "route", default)]
@@ -306,29 +352,39 @@ pub struct RouteSettings {
 impl RouteSettings {
     /// This route's per-component settings as a layer over the top-level ones.
     fn layer(&self) -> Settings {
+        // Exhaustive: a new route key does not compile until it is layered here.
+        let RouteSettings {
+            prefix: _,
+            strip_prefix: _,
+            component,
+            workers,
+            queue,
+            max_requests,
+            max_worker_lifetime_secs,
+            lifetime_jitter,
+            min_worker_lifetime_secs,
+            reload_on_memory_mib,
+            request_timeout_secs,
+            memory_limit_mib,
+            env,
+            warmup,
+        } = self.clone();
         Settings {
-            component: Some(self.component.clone()),
-            workers: self.workers,
-            queue: self.queue,
-            max_requests: self.max_requests,
-            max_worker_lifetime_secs: self.max_worker_lifetime_secs,
-            lifetime_jitter: self.lifetime_jitter,
-            min_worker_lifetime_secs: self.min_worker_lifetime_secs,
-            reload_on_memory_mib: self.reload_on_memory_mib,
-            request_timeout_secs: self.request_timeout_secs,
-            memory_limit_mib: self.memory_limit_mib,
-            env: self.env.clone(),
-            warmup: self.warmup.clone(),
+            component: Some(component),
+            workers,
+            queue,
+            max_requests,
+            max_worker_lifetime_secs,
+            lifetime_jitter,
+            min_worker_lifetime_secs,
+            reload_on_memory_mib,
+            request_timeout_secs,
+            memory_limit_mib,
+            env,
+            warmup,
             ..Settings::default()
         }
     }
-}
-
-/// Fills `$target`'s unset fields from `$fallback`, for each field named.
-macro_rules! layer {
-    ($target:ident, $fallback:ident; $($field:ident),* $(,)?) => {
-        $( if $target.$field.is_none() { $target.$field = $fallback.$field; } )*
-    };
 }
 
 impl Settings {
@@ -359,19 +415,86 @@ impl Settings {
     }
 
     /// Returns `self` with every unset option taken from `fallback`.
-    pub fn or(mut self, fallback: Settings) -> Settings {
-        layer!(self, fallback;
-            component, workers, threads, listen, queue, max_requests, max_worker_lifetime_secs,
-            lifetime_jitter, min_worker_lifetime_secs, reload_on_memory_mib,
-            request_timeout_secs, memory_limit_mib, env, max_body_mib, max_header_kib,
-            header_read_timeout_secs, max_connections, disable_logging, log_format,
-            shutdown_timeout_secs, admin_listen, admin_token, stats, reuse_port, cache_dir, watch,
-            warmup, tls_cert, tls_key,
-        );
-        if self.routes.is_empty() {
-            self.routes = fallback.routes;
+    pub fn or(self, fallback: Settings) -> Settings {
+        // Exhaustive on both sides: a new key does not compile until it is merged here.
+        let Settings {
+            component,
+            workers,
+            threads,
+            listen,
+            queue,
+            max_requests,
+            max_worker_lifetime_secs,
+            lifetime_jitter,
+            min_worker_lifetime_secs,
+            reload_on_memory_mib,
+            request_timeout_secs,
+            memory_limit_mib,
+            env,
+            max_body_mib,
+            max_header_kib,
+            header_read_timeout_secs,
+            max_connections,
+            disable_logging,
+            log_format,
+            shutdown_timeout_secs,
+            admin_listen,
+            admin_token,
+            stats,
+            reuse_port,
+            cache_dir,
+            watch,
+            warmup,
+            tls_cert,
+            tls_key,
+            keep_alive_timeout_secs,
+            send_timeout_secs,
+            max_component_mib,
+            reload_dir,
+            admin_insecure,
+            routes,
+        } = fallback;
+        Settings {
+            component: self.component.or(component),
+            workers: self.workers.or(workers),
+            threads: self.threads.or(threads),
+            listen: self.listen.or(listen),
+            queue: self.queue.or(queue),
+            max_requests: self.max_requests.or(max_requests),
+            max_worker_lifetime_secs: self.max_worker_lifetime_secs.or(max_worker_lifetime_secs),
+            lifetime_jitter: self.lifetime_jitter.or(lifetime_jitter),
+            min_worker_lifetime_secs: self.min_worker_lifetime_secs.or(min_worker_lifetime_secs),
+            reload_on_memory_mib: self.reload_on_memory_mib.or(reload_on_memory_mib),
+            request_timeout_secs: self.request_timeout_secs.or(request_timeout_secs),
+            memory_limit_mib: self.memory_limit_mib.or(memory_limit_mib),
+            env: self.env.or(env),
+            max_body_mib: self.max_body_mib.or(max_body_mib),
+            max_header_kib: self.max_header_kib.or(max_header_kib),
+            header_read_timeout_secs: self.header_read_timeout_secs.or(header_read_timeout_secs),
+            max_connections: self.max_connections.or(max_connections),
+            disable_logging: self.disable_logging.or(disable_logging),
+            log_format: self.log_format.or(log_format),
+            shutdown_timeout_secs: self.shutdown_timeout_secs.or(shutdown_timeout_secs),
+            admin_listen: self.admin_listen.or(admin_listen),
+            admin_token: self.admin_token.or(admin_token),
+            stats: self.stats.or(stats),
+            reuse_port: self.reuse_port.or(reuse_port),
+            cache_dir: self.cache_dir.or(cache_dir),
+            watch: self.watch.or(watch),
+            warmup: self.warmup.or(warmup),
+            tls_cert: self.tls_cert.or(tls_cert),
+            tls_key: self.tls_key.or(tls_key),
+            keep_alive_timeout_secs: self.keep_alive_timeout_secs.or(keep_alive_timeout_secs),
+            send_timeout_secs: self.send_timeout_secs.or(send_timeout_secs),
+            max_component_mib: self.max_component_mib.or(max_component_mib),
+            reload_dir: self.reload_dir.or(reload_dir),
+            admin_insecure: self.admin_insecure.or(admin_insecure),
+            routes: if self.routes.is_empty() {
+                routes
+            } else {
+                self.routes
+            },
         }
-        self
     }
 
     /// Applies defaults and validates every value, naming the key of any bad one.
@@ -382,26 +505,13 @@ impl Settings {
         }
         for route in &self.routes {
             let prefix = route.prefix.as_str();
-            if !prefix.starts_with('/') {
-                bail!("route prefix `{prefix}` must start with `/`");
-            }
             let layered = route.layer().or(self.clone());
             let resolved = layered
                 .resolve_route(prefix, route.strip_prefix.unwrap_or(false))
                 .with_context(|| format!("in the route `{prefix}`"))?;
-            let normalized = |p: &str| p.trim_end_matches('/').to_string();
-            if routes
-                .iter()
-                .any(|r: &RouteConfig| normalized(&r.prefix) == normalized(prefix))
-            {
-                bail!(
-                    "two components are mounted on the prefix `{prefix}`; each prefix takes one \
-                     (the top-level `component` is mounted on `/`)"
-                );
-            }
             routes.push(resolved);
         }
-        let threads = self.threads.unwrap_or_else(default_workers);
+        let threads = self.threads.unwrap_or_else(available_cpus);
         if threads == 0 || threads > MAX_THREADS {
             bail!("`threads` must be between 1 and {MAX_THREADS}, got {threads}");
         }
@@ -410,8 +520,10 @@ impl Settings {
             bail!("`max-connections` must be at least 1");
         }
         let max_header_kib = self.max_header_kib.unwrap_or(DEFAULT_MAX_HEADER_KIB);
-        if !(1..=1024).contains(&max_header_kib) {
-            bail!("`max-header-size` must be between 1 and 1024 KiB, got {max_header_kib}");
+        if !(1..=MAX_HEADER_KIB).contains(&max_header_kib) {
+            bail!(
+                "`max-header-size` must be between 1 and {MAX_HEADER_KIB} KiB, got {max_header_kib}"
+            );
         }
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -421,6 +533,22 @@ impl Settings {
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             bail!("`admin-token` is empty; leave it unset to disable the token");
         }
+        if self.admin_token.is_none() && !self.admin_insecure.unwrap_or(false) {
+            for (key, addr) in [("admin-listen", self.admin_listen), ("stats", self.stats)] {
+                if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+                    bail!(
+                        "`{key}` is `{addr}`, reachable beyond this host, and no `admin-token` is \
+                         set: anyone who reaches it could swap components. Set `admin-token` (or \
+                         FIBHOST_ADMIN_TOKEN), listen on loopback, or pass `--admin-insecure` to \
+                         allow it anyway"
+                    );
+                }
+            }
+        }
+        let max_component_mib = self.max_component_mib.unwrap_or(DEFAULT_MAX_COMPONENT_MIB);
+        if max_component_mib == 0 {
+            bail!("`max-component-size` must be at least 1 MiB");
+        }
         Ok(Config {
             listen: self
                 .listen
@@ -428,15 +556,30 @@ impl Settings {
             routes,
             threads,
             limits: HttpLimits {
-                max_body_bytes: self.max_body_mib.unwrap_or(DEFAULT_MAX_BODY_MIB) * MIB,
+                max_body_bytes: mib(
+                    "max-body-size",
+                    self.max_body_mib.unwrap_or(DEFAULT_MAX_BODY_MIB),
+                )?,
                 max_header_bytes: (max_header_kib * 1024) as usize,
-                header_read_timeout: required_secs(
+                header_read_timeout: positive_secs(
                     "header-read-timeout",
-                    self.header_read_timeout_secs
-                        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS as f64),
+                    self.header_read_timeout_secs,
+                    DEFAULT_HEADER_READ_TIMEOUT_SECS,
                 )?,
                 max_connections,
+                keep_alive_timeout: positive_secs(
+                    "keep-alive-timeout",
+                    self.keep_alive_timeout_secs,
+                    DEFAULT_KEEP_ALIVE_TIMEOUT_SECS,
+                )?,
+                send_timeout: positive_secs(
+                    "send-timeout",
+                    self.send_timeout_secs,
+                    DEFAULT_SEND_TIMEOUT_SECS,
+                )?,
             },
+            max_component_bytes: mib("max-component-size", max_component_mib)?,
+            reload_dir: self.reload_dir,
             access_log: !self.disable_logging.unwrap_or(false),
             log_format: self.log_format.unwrap_or_default(),
             shutdown_timeout: required_secs(
@@ -460,7 +603,7 @@ impl Settings {
             "no component to serve: pass `--component PATH`, or set `component` or `[[route]]` \
              tables in the config file",
         )?;
-        let workers = self.workers.unwrap_or_else(default_workers);
+        let workers = self.workers.unwrap_or_else(available_cpus);
         if workers == 0 || workers > MAX_WORKERS {
             bail!("`workers` must be between 1 and {MAX_WORKERS}, got {workers}");
         }
@@ -469,8 +612,10 @@ impl Settings {
             bail!("`lifetime-jitter` must be a fraction in [0, 1), got {jitter}");
         }
         let memory_limit_mib = self.memory_limit_mib.unwrap_or(DEFAULT_MEMORY_LIMIT_MIB);
-        if memory_limit_mib == 0 || memory_limit_mib > 4096 {
-            bail!("`memory-limit` must be between 1 and 4096 MiB, got {memory_limit_mib}");
+        if memory_limit_mib == 0 || memory_limit_mib > MAX_MEMORY_LIMIT_MIB {
+            bail!(
+                "`memory-limit` must be between 1 and {MAX_MEMORY_LIMIT_MIB} MiB, got {memory_limit_mib}"
+            );
         }
         if let Some(warmup) = &self.warmup
             && !warmup.starts_with('/')
@@ -487,7 +632,8 @@ impl Settings {
             reload_on_memory_bytes: self
                 .reload_on_memory_mib
                 .filter(|&m| m > 0)
-                .map(|m| m * MIB),
+                .map(|m| mib("reload-on-memory", m))
+                .transpose()?,
             request_timeout: optional_secs(
                 "request-timeout",
                 Some(
@@ -512,8 +658,24 @@ impl Settings {
 
 const MIB: u64 = 1024 * 1024;
 
-/// One worker, and one event-loop thread, per CPU.
-fn default_workers() -> usize {
+/// MiB to bytes, refusing values that do not fit.
+fn mib(key: &str, value: u64) -> Result<u64> {
+    value
+        .checked_mul(MIB)
+        .with_context(|| format!("`{key}` of {value} MiB is too large"))
+}
+
+/// A number of seconds that must be more than 0, or `default` when unset.
+fn positive_secs(key: &str, secs: Option<f64>, default: u64) -> Result<Duration> {
+    let secs = secs.unwrap_or(default as f64);
+    if secs <= 0.0 {
+        bail!("`{key}` must be more than 0 seconds, got {secs}");
+    }
+    required_secs(key, secs)
+}
+
+/// The default for `workers` and `threads`: one per CPU.
+fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -602,6 +764,10 @@ pub struct Config {
     pub watch: bool,
     /// Serve HTTPS with these PEM files.
     pub tls: Option<TlsFiles>,
+    /// Largest component file read.
+    pub max_component_bytes: u64,
+    /// Where the admin API may load components from, if restricted.
+    pub reload_dir: Option<PathBuf>,
 }
 
 /// The certificate chain and key of the HTTPS listener.
@@ -660,10 +826,14 @@ pub struct HttpLimits {
     pub max_body_bytes: u64,
     /// Largest request head.
     pub max_header_bytes: usize,
-    /// Time to receive a full request head.
+    /// Time to receive a full request head (and the first byte of a connection).
     pub header_read_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Time an idle keep-alive or HTTP/2 connection stays open.
+    pub keep_alive_timeout: Duration,
+    /// Time a response may wait for the client to take more of it.
+    pub send_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::cache::Cache;
-use crate::guest::GuestState;
+use crate::state::GuestState;
 
 /// How often the epoch advances. A running guest yields to the scheduler at every tick, so
 /// this bounds how long one guest can hold a runtime thread, and how late a request timeout
@@ -137,37 +137,53 @@ pub struct Loader {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
     cache: Option<Cache>,
+    /// Largest component file read (`max-component-size`).
+    max_bytes: u64,
 }
 
 impl Loader {
-    /// A loader over `engine`, caching compiled components in `cache_dir` when given.
-    pub fn new(engine: Engine, cache_dir: Option<&Path>) -> Result<Loader> {
+    /// A loader over `engine`, caching compiled components in `cache_dir` when given, and
+    /// refusing component files larger than `max_bytes`.
+    pub fn new(engine: Engine, cache_dir: Option<&Path>, max_bytes: u64) -> Result<Loader> {
         let linker = Arc::new(new_linker(&engine)?);
         let cache = cache_dir.map(|dir| Cache::open(dir, &engine)).transpose()?;
         Ok(Loader {
             engine,
             linker,
             cache,
+            max_bytes,
         })
     }
 
     /// Reads, compiles (or fetches from the cache) and checks the component at `path`.
     /// CPU-heavy: call it off the request path (`spawn_blocking` once serving).
     pub fn load(&self, path: &Path) -> Result<Version> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read component `{}`", path.display()))?;
+        let bytes = read_component(path, self.max_bytes)?;
         check_is_component(path, &bytes)?;
         let sha256 = sha256_hex(&bytes);
-        let compile = || {
-            Component::new(&self.engine, &bytes)
-                .map_err(anyhow::Error::from)
-                .with_context(|| {
-                    format!("`{}` is not a valid WebAssembly component", path.display())
-                })
-        };
-        let component = match &self.cache {
-            Some(cache) => cache.get_or_compile(&self.engine, &sha256, path, compile)?,
-            None => compile()?,
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&self.engine, &sha256, path));
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let started = std::time::Instant::now();
+                let component = Component::new(&self.engine, &bytes)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| {
+                        format!("`{}` is not a valid WebAssembly component", path.display())
+                    })?;
+                if let Some(cache) = &self.cache {
+                    tracing::info!(
+                        component = %path.display(),
+                        compile_ms = started.elapsed().as_millis() as u64,
+                        "compiled component (cache miss)"
+                    );
+                    cache.put(&component, &sha256);
+                }
+                component
+            }
         };
         let pre = pre_instantiate(&self.linker, &component, path)?;
         Ok(Version {
@@ -207,6 +223,43 @@ fn pre_instantiate(
         })
 }
 
+/// Reads a component file: only a regular file (not a device, FIFO or directory, which could
+/// stream forever or block a thread), and at most `max_bytes` of it.
+fn read_component(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let shown = path.display();
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever. (It changes
+    // nothing for the regular file that is then required.)
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot read component `{shown}`"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read component `{shown}`"))?;
+    anyhow::ensure!(
+        meta.is_file(),
+        "`{shown}` is not a regular file; a component must be a `.wasm` file"
+    );
+    anyhow::ensure!(
+        meta.len() <= max_bytes,
+        "`{shown}` is {} bytes, larger than `max-component-size` ({max_bytes} bytes)",
+        meta.len()
+    );
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // `take`: the file may grow between the check and the read.
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read component `{shown}`"))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= max_bytes,
+        "`{shown}` grew past `max-component-size` ({max_bytes} bytes) while it was read"
+    );
+    Ok(bytes)
+}
+
 /// Gives a precise reason for the common mistakes before the parser gives a generic one.
 fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
     const MAGIC: &[u8] = b"\0asm";
@@ -228,18 +281,8 @@ fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The SHA-256 of `bytes` in lowercase hex: a version's identity.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -52,6 +52,30 @@ pub enum ServeError {
     Internal(String),
 }
 
+/// A response body that could not be completed (the guest failed mid-body, or its stream
+/// broke). Hyper then aborts the response instead of ending it as if it were whole.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(String);
+
+impl BodyError {
+    /// A body error saying `why`.
+    pub fn new(why: impl Into<String>) -> BodyError {
+        BodyError(why.into())
+    }
+}
+
+/// A complete JSON response: `body` with `status` (the admin API's and the errors' shape).
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// Seconds a client is told to wait after a 503.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -74,17 +98,13 @@ impl ServeError {
     }
 
     /// The complete HTTP response: `{"error": "..."}` with the matching status.
-    pub fn to_response<B: From<Full<Bytes>>>(&self) -> Response<B> {
-        let body = serde_json::json!({ "error": self.to_string() }).to_string();
-        let mut response = Response::new(B::from(Full::new(Bytes::from(body))));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let mut response = json_response(
+            self.status(),
+            &serde_json::json!({ "error": self.to_string() }),
         );
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(
+            response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
@@ -100,7 +120,7 @@ mod tests {
 
     #[tokio::test]
     async fn overload_is_503_with_retry_after_and_json() {
-        let response: Response<Full<Bytes>> = ServeError::Overloaded {
+        let response = ServeError::Overloaded {
             workers: 2,
             queue: 0,
         }

@@ -18,6 +18,7 @@ use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::request_id::RequestId;
 
 /// Bytes the log writer thread gathers before a write to stderr.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
@@ -31,7 +32,8 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 const BUFFERED_LINES: usize = 16 * 1024;
 
 /// Installs the global subscriber and returns the access log writer with the guard. Keep the
-/// guard alive until exit: dropping it flushes.
+/// guard alive until exit: dropping it flushes. If a subscriber is already installed (a test
+/// running several servers in one process) the first one stays.
 pub fn init(format: LogFormat) -> (AccessLog, WorkerGuard) {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
@@ -50,8 +52,8 @@ pub fn init(format: LogFormat) -> (AccessLog, WorkerGuard) {
         .with_env_filter(filter)
         .with_writer(writer);
     match format {
-        LogFormat::Text => builder.with_ansi(false).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => drop(builder.with_ansi(false).try_init()),
+        LogFormat::Json => drop(builder.json().flatten_event(true).try_init()),
     }
     (access, guard)
 }
@@ -77,6 +79,10 @@ pub struct AccessEntry<'a> {
     pub duration_us: u64,
     /// The worker that served it (0: none).
     pub worker: usize,
+    /// The request's id.
+    pub request_id: &'a RequestId,
+    /// The client's address (the peer of the connection).
+    pub client: std::net::SocketAddr,
 }
 
 thread_local! {
@@ -110,20 +116,30 @@ impl AccessLog {
                 LogFormat::Text => writeln!(
                     line,
                     "{cached_date}.{micros:06}Z  INFO fibhost::access: method={} path={} status={} \
-                     bytes={} duration_us={} worker={}",
-                    e.method, e.path, e.status, e.bytes, e.duration_us, e.worker
+                     bytes={} duration_us={} worker={} request_id={} client={}",
+                    e.method,
+                    e.path,
+                    e.status,
+                    e.bytes,
+                    e.duration_us,
+                    e.worker,
+                    e.request_id,
+                    e.client
                 ),
                 LogFormat::Json => writeln!(
                     line,
                     "{{\"timestamp\":\"{cached_date}.{micros:06}Z\",\"level\":\"INFO\",\
                      \"target\":\"fibhost::access\",\"method\":{},\"path\":{},\"status\":{},\
-                     \"bytes\":{},\"duration_us\":{},\"worker\":{}}}",
+                     \"bytes\":{},\"duration_us\":{},\"worker\":{},\"request_id\":\"{}\",\
+                     \"client\":\"{}\"}}",
                     serde_json::Value::from(e.method),
                     serde_json::Value::from(e.path),
                     e.status,
                     e.bytes,
                     e.duration_us,
-                    e.worker
+                    e.worker,
+                    e.request_id,
+                    e.client
                 ),
             };
             // A clone is a channel sender: cheap, and it gives the `&mut` that `Write` needs.

@@ -6,7 +6,7 @@
 //! by a [`Collector`], so the request path never pays for them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use prometheus_client::collector::Collector;
@@ -19,8 +19,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing_appender::non_blocking::ErrorCounter;
 
-use crate::guest;
-use crate::pool::{Pool, Recycle};
+use crate::guest::LiveInstances;
+use crate::outcome::Recycle;
+use crate::pool::{Pool, unix_now};
 
 /// Latency buckets, seconds: 50 µs to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -36,19 +37,14 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     durations: Family<Labels, Histogram>,
     in_flight: Family<Labels, Gauge>,
-    /// Process-wide gauges, refreshed on each scrape.
-    slots: Gauge,
-    rss: Gauge,
-    uptime: Gauge,
-    started: Instant,
-    /// Log lines dropped by the non-blocking writer, brought up to date on each scrape.
-    log_dropped: Counter,
-    log_errors: ErrorCounter,
+    swaps: Family<Labels, Counter>,
 }
 
-/// One route's request-path handles (cheap clones of the family members).
+/// One route's request-path handles, resolved once; a clone is one reference count.
 #[derive(Clone)]
-pub struct RouteMetrics {
+pub struct RouteMetrics(Arc<RouteHandles>);
+
+struct RouteHandles {
     by_class: [Counter; 5],
     duration: Histogram,
     in_flight: Gauge,
@@ -58,14 +54,14 @@ impl RouteMetrics {
     /// Counts a response by status class and records its duration.
     pub fn observe(&self, status: u16, started: Instant) {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
-        self.by_class[class].inc();
-        self.duration.observe(started.elapsed().as_secs_f64());
+        self.0.by_class[class].inc();
+        self.0.duration.observe(started.elapsed().as_secs_f64());
     }
 
     /// Marks a request in flight until the returned guard is dropped.
     pub fn in_flight(&self) -> InFlight {
-        self.in_flight.inc();
-        InFlight(self.in_flight.clone())
+        self.0.in_flight.inc();
+        InFlight(self.0.in_flight.clone())
     }
 }
 
@@ -78,10 +74,15 @@ impl Drop for InFlight {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    /// Creates the registry with the request-path families; `log_errors` is the log writer's
-    /// count of dropped lines, reported as `fibhost_log_lines_dropped_total`.
-    pub fn new(log_errors: ErrorCounter) -> Metrics {
+    /// Creates the registry with the request-path families.
+    pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         let durations = Family::<Labels, Histogram>::new_with_constructor(|| {
@@ -103,41 +104,29 @@ impl Metrics {
             "Requests being served (queued or running)",
             in_flight.clone(),
         );
-        let (slots, rss, uptime) = (Gauge::default(), Gauge::default(), Gauge::default());
+        let swaps = Family::<Labels, Counter>::default();
         registry.register(
-            "fibhost_pool_slots_in_use",
-            "Guest instances alive (serving, spare or retiring): pooling-allocator slots in use",
-            slots.clone(),
-        );
-        registry.register(
-            "fibhost_process_resident_memory_bytes",
-            "Resident set size of the process",
-            rss.clone(),
-        );
-        registry.register(
-            "fibhost_uptime_seconds",
-            "Seconds since the server started",
-            uptime.clone(),
-        );
-        let log_dropped = Counter::default();
-        registry.register(
-            "fibhost_log_lines_dropped",
-            "Log lines (access log included) dropped because stderr's reader fell behind; \
-             serving never waits for the log",
-            log_dropped.clone(),
+            "fibhost_component_swaps",
+            "Component swaps by outcome (ok, rejected)",
+            swaps.clone(),
         );
         Metrics {
             registry,
             requests,
             durations,
             in_flight,
-            slots,
-            rss,
-            uptime,
-            started: Instant::now(),
-            log_dropped,
-            log_errors,
+            swaps,
         }
+    }
+
+    /// Counts one swap of `route` with `result` (`ok` or `rejected`).
+    pub fn count_swap(&self, route: &str, result: &'static str) {
+        self.swaps
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("result", result.into()),
+            ])
+            .inc();
     }
 
     /// The request-path handles for `route` (use `""` for requests that matched no route).
@@ -147,7 +136,7 @@ impl Metrics {
             l.extend(extra.map(|(k, v)| (k, v.to_string())));
             l
         };
-        RouteMetrics {
+        RouteMetrics(Arc::new(RouteHandles {
             by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
                 self.requests
                     .get_or_create(&labels(Some(("class", class))))
@@ -155,23 +144,28 @@ impl Metrics {
             }),
             duration: self.durations.get_or_create(&labels(None)).clone(),
             in_flight: self.in_flight.get_or_create(&labels(None)).clone(),
-        }
+        }))
     }
 
-    /// Adds the scrape-time collector over `pools`.
-    pub fn register_pools(&mut self, pools: Vec<Pool>, swaps: Arc<SwapCounters>) {
+    /// Adds the scrape-time collectors: the pools' live counters, the process's gauges (live
+    /// instances, RSS, uptime) and the log writer's dropped lines (`log_errors`).
+    pub fn register_collectors(
+        &mut self,
+        pools: Vec<Pool>,
+        live: LiveInstances,
+        log_errors: ErrorCounter,
+    ) {
         self.registry
-            .register_collector(Box::new(PoolCollector { pools, swaps }));
+            .register_collector(Box::new(PoolCollector { pools }));
+        self.registry.register_collector(Box::new(ProcessCollector {
+            live,
+            log_errors,
+            started: Instant::now(),
+        }));
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
-        self.slots.set(guest::live_instances() as i64);
-        self.rss.set(process_rss_bytes().unwrap_or(0) as i64);
-        self.uptime.set(self.started.elapsed().as_secs() as i64);
-        let dropped = self.log_errors.dropped_lines() as u64;
-        self.log_dropped
-            .inc_by(dropped.saturating_sub(self.log_dropped.get()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -179,50 +173,83 @@ impl Metrics {
     }
 }
 
-/// Swap outcomes per route, counted by the swap module.
-#[derive(Debug, Default)]
-pub struct SwapCounters {
-    counts: std::sync::Mutex<Vec<(String, &'static str, Arc<AtomicU64>)>>,
-}
-
-impl SwapCounters {
-    /// Counts one swap of `route` with `result` (`ok` or `rejected`).
-    pub fn count(&self, route: &str, result: &'static str) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        match counts
-            .iter()
-            .find(|(r, res, _)| r == route && *res == result)
-        {
-            Some((_, _, n)) => n.fetch_add(1, Ordering::Relaxed),
-            None => {
-                counts.push((route.to_string(), result, Arc::new(AtomicU64::new(1))));
-                0
-            }
-        };
-    }
-
-    fn snapshot(&self) -> Vec<(String, &'static str, u64)> {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts
-            .iter()
-            .map(|(r, res, n)| (r.clone(), *res, n.load(Ordering::Relaxed)))
-            .collect()
-    }
-}
-
 /// Reads the pools' live counters on each scrape.
 #[derive(Debug)]
 struct PoolCollector {
     pools: Vec<Pool>,
-    swaps: Arc<SwapCounters>,
 }
 
-impl std::fmt::Debug for Pool {
+/// The process's own gauges and counters, read on each scrape.
+struct ProcessCollector {
+    live: LiveInstances,
+    log_errors: ErrorCounter,
+    started: Instant,
+}
+
+impl std::fmt::Debug for ProcessCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("route", &self.route())
-            .finish()
+        f.debug_struct("ProcessCollector").finish_non_exhaustive()
     }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
+        single(
+            e,
+            "fibhost_pool_slots_in_use",
+            "Guest instances alive (serving, spare or retiring): pooling-allocator slots in use",
+            ConstGauge::new(self.live.get() as i64),
+        )?;
+        single(
+            e,
+            "fibhost_process_resident_memory_bytes",
+            "Resident set size of the process",
+            ConstGauge::new(process_rss_bytes().unwrap_or(0) as i64),
+        )?;
+        single(
+            e,
+            "fibhost_uptime_seconds",
+            "Seconds since the server started",
+            ConstGauge::new(self.started.elapsed().as_secs() as i64),
+        )?;
+        single(
+            e,
+            "fibhost_log_lines_dropped",
+            "Log lines (access log included) dropped because stderr's reader fell behind; \
+             serving never waits for the log",
+            ConstCounter::new(self.log_errors.dropped_lines() as u64),
+        )
+    }
+}
+
+/// Encodes one metric without labels.
+fn single<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: M,
+) -> Result<(), std::fmt::Error> {
+    value.encode(encoder.encode_descriptor(name, help, None, value.metric_type())?)
+}
+
+/// Encodes one metric family from `(labels, value)` pairs; the metric type comes from the
+/// value type (`ConstGauge`, `ConstCounter`).
+fn metric<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut values = values.into_iter().peekable();
+    let kind = values
+        .peek()
+        .map_or(MetricType::Gauge, |(_, m)| m.metric_type());
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in values {
+        value.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 fn gauge(
@@ -231,11 +258,8 @@ fn gauge(
     help: &str,
     values: impl IntoIterator<Item = (Labels, i64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in values {
-        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let values = values.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    metric(encoder, name, help, values)
 }
 
 fn counter(
@@ -244,16 +268,13 @@ fn counter(
     help: &str,
     values: impl IntoIterator<Item = (Labels, u64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in values {
-        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let values = values.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    metric(encoder, name, help, values)
 }
 
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let route = |pool: &Pool| ("route", pool.route().to_string());
+        let route = |pool: &Pool| ("route", pool.route().prefix.clone());
         let e = &mut encoder;
         gauge(
             e,
@@ -310,18 +331,16 @@ impl Collector for PoolCollector {
                 )
             }),
         )?;
-        let mut seconds = e.encode_descriptor(
+        metric(
+            e,
             "fibhost_instantiation_seconds",
             "Time spent creating instances after startup (divide by fibhost_instantiations_total)",
-            None,
-            MetricType::Counter,
+            self.pools.iter().map(|p| {
+                let micros = p.stats().instantiation_micros.load(Ordering::Relaxed);
+                (vec![route(p)], ConstCounter::new(micros as f64 / 1e6))
+            }),
         )?;
-        for p in &self.pools {
-            let micros = p.stats().instantiation_micros.load(Ordering::Relaxed);
-            ConstCounter::new(micros as f64 / 1e6)
-                .encode(seconds.encode_family(&vec![route(p)])?)?;
-        }
-        let now = crate::pool::unix_now();
+        let now = unix_now();
         gauge(
             e,
             "fibhost_instance_age_seconds",
@@ -346,15 +365,6 @@ impl Collector for PoolCollector {
                     (vec![route(p), ("worker", (i + 1).to_string())], bytes)
                 })
             }),
-        )?;
-        counter(
-            e,
-            "fibhost_component_swaps",
-            "Component swaps by outcome (ok, rejected)",
-            self.swaps
-                .snapshot()
-                .into_iter()
-                .map(|(r, result, n)| (vec![("route", r), ("result", result.to_string())], n)),
         )?;
         Ok(())
     }

@@ -1,49 +1,41 @@
-//! The public HTTP listener: accepting connections, routing each request to a component's
-//! pool, the access log, and the graceful drain.
+//! The public HTTP listener: accepting connections, bounding them (connections, silent and
+//! idle clients, clients that stop reading), routing each request to a component's pool, the
+//! access log, and the graceful drain.
 //!
-//! The core is [`serve`]: it takes an already bound listener and a shutdown future, so tests
-//! run it in-process on port 0 and the binary decides how to bind.
+//! The core is [`serve`]: it takes an already bound listener and a shutdown future, so the
+//! binary decides how to bind and `fibhost::run` can be driven in-process by tests.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, header};
-use http_body_util::combinators::UnsyncBoxBody;
+use anyhow::Context as _;
+use bytes::{Buf as _, Bytes};
+use http::{HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use std::net::SocketAddr;
-
-use hyper_util::server::graceful::Watcher;
-
-use crate::error::ServeError;
+use crate::config::HttpLimits;
+use crate::error::{BodyError, ServeError};
 use crate::logging::{AccessEntry, AccessLog};
 use crate::metrics::{InFlight, RouteMetrics};
-use crate::pool::{JobTrace, PoolStats};
+use crate::pool::PoolBody;
+use crate::request_id::{self, RequestId, RequestIds};
+use crate::routes::Router;
+use crate::shards::Shards;
 use crate::tls::Tls;
-use crate::{App, Route};
-
-/// The body of every response fibhost sends: a guest's streamed body or an error document.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
-
-/// A response body that could not be completed (the guest failed mid-body, or its stream
-/// broke). Hyper then aborts the response instead of ending it as if it were whole.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BodyError(String);
 
 /// Turns of this thread's scheduler a response head waits for its first body frame.
 const FIRST_FRAME_TURNS: usize = 2;
@@ -51,11 +43,67 @@ const FIRST_FRAME_TURNS: usize = 2;
 /// Most concurrent HTTP/2 streams per connection: like a connection, each holds a queue slot.
 const MAX_H2_STREAMS: u32 = 128;
 
+/// The kernel accept backlog: a burst like `ab -c 500` must not see refused connections.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the server is draining: set once shutdown begins; readiness then turns 503 and
+/// HTTP/1 responses carry `Connection: close`.
+#[derive(Clone, Debug, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn begin(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// What the public listener needs: the routes, the limits on clients, the access log.
+pub struct Ctx {
+    router: Arc<Router>,
+    limits: HttpLimits,
+    access_log: Option<AccessLog>,
+    draining: Draining,
+    ids: RequestIds,
+    tls: Option<Arc<Tls>>,
+    shutdown_timeout: Duration,
+}
+
+impl Ctx {
+    /// The listener's context: `access_log` is `None` with `disable-logging`; `tls` serves
+    /// HTTPS; `shutdown_timeout` bounds the drain.
+    pub fn new(
+        router: Arc<Router>,
+        limits: HttpLimits,
+        access_log: Option<AccessLog>,
+        draining: Draining,
+        tls: Option<Arc<Tls>>,
+        shutdown_timeout: Duration,
+    ) -> Ctx {
+        Ctx {
+            router,
+            limits,
+            access_log,
+            draining,
+            ids: RequestIds::default(),
+            tls,
+            shutdown_timeout,
+        }
+    }
+}
+
 /// Binds a listening socket, with SO_REUSEPORT when asked (several fibhost processes then
-/// share the port; the kernel spreads connections among them).
-pub fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
-    use anyhow::Context as _;
-    let hint = || format!("cannot listen on `{addr}`; is it in use? pick another with --listen");
+/// share the port; the kernel spreads connections among them). `flag` names the option that
+/// sets this address, for the hint.
+pub fn bind(addr: SocketAddr, reuse_port: bool, flag: &str) -> anyhow::Result<TcpListener> {
+    let hint = || format!("cannot listen on `{addr}`; is it in use? pick another with --{flag}");
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -71,24 +119,38 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
     TcpListener::from_std(socket.into()).with_context(hint)
 }
 
-/// The kernel accept backlog: a burst like `ab -c 500` must not see refused connections.
-const LISTEN_BACKLOG: i32 = 4096;
+/// Accepts the next connection. Transient errors (EMFILE, ECONNABORTED…) back off instead of
+/// spinning, and never end the loop; `errors` counts consecutive failures.
+pub async fn accept(listener: &TcpListener, errors: &mut u32) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => {
+                *errors = 0;
+                return accepted;
+            }
+            Err(e) => {
+                *errors = (*errors + 1).min(10);
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(5 << *errors)).await;
+            }
+        }
+    }
+}
 
-/// Accepts connections on `listener` and serves `app` until `shutdown` resolves, then drains:
+/// Accepts connections on `listener` and serves them until `shutdown` resolves, then drains:
 /// connections already in the accept backlog are still served (one request each), keep-alive
-/// connections are closed after their current request, and in-flight requests get up to
-/// `app.shutdown_timeout` to finish.
+/// connections are closed after their current request, and in-flight requests get up to the
+/// shutdown timeout to finish.
 ///
-/// Every event-loop thread of `app.shards` accepts on its own duplicate of `listener` and
-/// serves the connections it accepted; this future only starts them, waits for `shutdown`
-/// and bounds the drain.
+/// Every event-loop thread of `shards` accepts on its own duplicate of `listener` and serves
+/// the connections it accepted; this future only starts them, waits for `shutdown` and
+/// bounds the drain.
 pub async fn serve(
+    ctx: Arc<Ctx>,
     listener: TcpListener,
-    app: Arc<App>,
-    tls: Option<Arc<Tls>>,
+    shards: &Shards,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     // Polled once before any thread accepts: that installs the signal handlers, so a SIGTERM
     // never meets the default action (instant death) while connections are being served.
     let mut shutdown = std::pin::pin!(shutdown);
@@ -96,21 +158,15 @@ pub async fn serve(
         .await
         .is_ready();
     let listener = listener.into_std()?;
-    let connections = Arc::new(Semaphore::new(app.limits.max_connections));
+    let connections = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let (stop, stopped) = watch::channel(false);
-    let mut shards = JoinSet::new();
-    for handle in app.shards.handles() {
+    let mut threads = JoinSet::new();
+    for handle in shards.handles() {
         let socket = listener
             .try_clone()
             .context("cannot share the listening socket with an event-loop thread")?;
-        let shard = accept_loop(
-            socket,
-            app.clone(),
-            tls.clone(),
-            connections.clone(),
-            stopped.clone(),
-        );
-        shards.spawn_on(shard, handle);
+        let thread = accept_loop(socket, ctx.clone(), connections.clone(), stopped.clone());
+        threads.spawn_on(thread, handle);
     }
     drop(listener);
     if !signalled {
@@ -118,28 +174,33 @@ pub async fn serve(
     }
 
     tracing::info!("shutting down: no longer accepting connections");
-    app.draining.store(true, Ordering::Release);
+    ctx.draining.begin();
     let _ = stop.send(true);
-    let drained = async { while shards.join_next().await.is_some() {} };
-    match tokio::time::timeout(app.shutdown_timeout, drained).await {
+    let drained = async { while threads.join_next().await.is_some() {} };
+    match tokio::time::timeout(ctx.shutdown_timeout, drained).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!(
-            timeout = ?app.shutdown_timeout,
+            timeout = ?ctx.shutdown_timeout,
             "shutdown timeout reached with requests still in flight; closing them"
         ),
     }
     // Stop waiting: connections still open past the timeout end with the process.
-    drop(shards);
-    app.close();
+    drop(threads);
+    ctx.router.close();
     Ok(())
+}
+
+/// The two connection builders: detection picks one (HTTP/1.1 or HTTP/2 prior knowledge).
+struct Builders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
 }
 
 /// One event-loop thread's share of [`serve`]: accepts until `stopped` turns true, then
 /// serves its part of the accept backlog and waits for its connections to finish.
 async fn accept_loop(
     socket: std::net::TcpListener,
-    app: Arc<App>,
-    tls: Option<Arc<Tls>>,
+    ctx: Arc<Ctx>,
     connections: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -150,109 +211,104 @@ async fn accept_loop(
             return;
         }
     };
-    let graceful = GracefulShutdown::new();
-    let builder = Arc::new(connection_builder(&app, true));
-    let mut shutdown = std::pin::pin!(async move {
-        // The guard is dropped at once: this future stays `Send`.
-        let _ = stopped.wait_for(|stop| *stop).await;
-    });
-    let mut accept_errors = 0u32;
+    let builders = Arc::new(builders(&ctx.limits, true));
+    let mut tasks = JoinSet::new();
+    let mut errors = 0;
     loop {
         let permit = tokio::select! {
-            () = &mut shutdown => break,
+            _ = stopped.wait_for(|stop| *stop) => break,
             permit = connections.clone().acquire_owned() => {
                 permit.expect("the connection semaphore is never closed")
             }
         };
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    accept_errors = 0;
-                    accepted
-                }
-                Err(e) => {
-                    // Transient (EMFILE, ECONNABORTED…): back off instead of spinning, and
-                    // never let one bad accept take the server down.
-                    accept_errors = (accept_errors + 1).min(10);
-                    tracing::warn!(error = %e, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(5 << accept_errors)).await;
-                    continue;
-                }
-            }
+            _ = stopped.wait_for(|stop| *stop) => break,
+            accepted = accept(&listener, &mut errors) => accepted,
         };
-        let _ = stream.set_nodelay(true);
-        let (app, builder, tls, watcher) = (
-            app.clone(),
-            builder.clone(),
-            tls.clone(),
-            graceful.watcher(),
-        );
-        tokio::spawn(async move {
-            serve_connection(stream, peer, app, builder, tls, Some(watcher)).await;
+        let (ctx, builders, drain) = (ctx.clone(), builders.clone(), stopped.clone());
+        tasks.spawn(async move {
+            serve_connection(stream, peer, ctx, builders, drain).await;
             drop(permit);
         });
+        // Reap finished connections so the set does not grow with every client served.
+        while tasks.try_join_next().is_some() {}
     }
-    let mut backlog = serve_backlog(listener, &app, tls);
-    tokio::join!(graceful.shutdown(), async {
-        while backlog.join_next().await.is_some() {}
-    });
+    serve_backlog(listener, &ctx, &connections, &mut tasks);
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Serves the connections that were already waiting in the kernel's accept backlog when the
-/// shutdown began: their clients connected before we stopped, so they get an answer.
-fn serve_backlog(listener: TcpListener, app: &Arc<App>, tls: Option<Arc<Tls>>) -> JoinSet<()> {
-    let mut set = JoinSet::new();
+/// shutdown began: their clients connected before we stopped, so they get an answer. They
+/// count against `max-connections` like any other.
+fn serve_backlog(
+    listener: TcpListener,
+    ctx: &Arc<Ctx>,
+    connections: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+) {
     let Ok(std_listener) = listener.into_std() else {
-        return set;
+        return;
     };
     let _ = std_listener.set_nonblocking(true);
     // One request each, then close: these clients must not keep the drain open.
-    let builder = Arc::new(connection_builder(app, false));
-    while let Ok((stream, peer)) = std_listener.accept() {
+    let builders = Arc::new(builders(&ctx.limits, false));
+    // Already true: the drain has begun, so each connection closes after its request.
+    let (_, drained) = watch::channel(true);
+    while let Ok(permit) = connections.clone().try_acquire_owned()
+        && let Ok((stream, peer)) = std_listener.accept()
+    {
         let Ok(stream) = TcpStream::from_std(stream) else {
             continue;
         };
-        let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
-        set.spawn(serve_connection(stream, peer, app, builder, tls, None));
+        let (ctx, builders, drain) = (ctx.clone(), builders.clone(), drained.clone());
+        tasks.spawn(async move {
+            serve_connection(stream, peer, ctx, builders, drain).await;
+            drop(permit);
+        });
     }
-    set
 }
 
-/// Serves one connection, after the TLS handshake when HTTPS is on. `graceful` is the
-/// drain watcher; backlog connections served during the drain have none.
+fn builders(limits: &HttpLimits, keep_alive: bool) -> Builders {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(keep_alive)
+        // Without a timer hyper silently ignores the header-read timeout.
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    Builders {
+        h1: builder.clone().http1_only(),
+        h2: builder.http2_only(),
+    }
+}
+
+/// Serves one connection: the TLS handshake when HTTPS is on and the protocol detection, both
+/// within the header-read timeout (a client that sends nothing is closed, not kept); then the
+/// connection under its watchdog.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    app: Arc<App>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    tls: Option<Arc<Tls>>,
-    graceful: Option<Watcher>,
+    ctx: Arc<Ctx>,
+    builders: Arc<Builders>,
+    drain: watch::Receiver<bool>,
 ) {
-    let result = match tls {
-        None => {
-            serve_io(
-                TokioIo::new(stream),
-                &builder,
-                service(app, peer, Scheme::Http),
-                graceful,
-            )
-            .await
-        }
-        Some(tls) => match tls.acceptor().accept(stream).await {
-            Ok(stream) => {
-                serve_io(
-                    TokioIo::new(stream),
-                    &builder,
-                    service(app, peer, Scheme::Https),
-                    graceful,
-                )
-                .await
+    let _ = stream.set_nodelay(true);
+    let limit = ctx.limits.header_read_timeout;
+    let result = match ctx.tls.clone() {
+        None => serve_stream(stream, peer, &ctx, &builders, Scheme::Http, drain).await,
+        Some(tls) => match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => {
+                serve_stream(stream, peer, &ctx, &builders, Scheme::Https, drain).await
             }
-            Err(e) => {
-                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                return;
-            }
+            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+            Err(_) => Err("no TLS handshake within the header-read timeout".into()),
         },
     };
     if let Err(e) = result {
@@ -260,124 +316,286 @@ async fn serve_connection(
     }
 }
 
-async fn serve_io<I, S>(
-    io: I,
-    builder: &auto::Builder<TokioExecutor>,
-    service: S,
-    graceful: Option<Watcher>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+async fn serve_stream<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    ctx: &Arc<Ctx>,
+    builders: &Builders,
+    scheme: Scheme,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), String>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<ResponseBody>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let connection = builder.serve_connection(io, service);
-    match graceful {
-        Some(watcher) => watcher.watch(connection.into_owned()).await,
-        None => connection.await,
+    let limit = ctx.limits.header_read_timeout;
+    let (first, is_h2) = match tokio::time::timeout(limit, detect(&mut stream)).await {
+        Ok(Ok(Some(detected))) => detected,
+        Ok(Ok(None)) => return Ok(()), // Closed before sending anything.
+        Ok(Err(e)) => return Err(format!("read failed: {e}")),
+        Err(_) => return Err("no request within the header-read timeout".into()),
+    };
+    let activity = Arc::new(Activity::default());
+    let service = service(ctx.clone(), peer, scheme, activity.clone());
+    let io = TokioIo::new(Prefixed {
+        first,
+        inner: stream,
+    });
+    let builder = if is_h2 { &builders.h2 } else { &builders.h1 };
+    let mut connection = std::pin::pin!(builder.serve_connection(io, service));
+    let limits = &ctx.limits;
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        let deadline = activity.deadline(limits, closing_since);
+        tokio::select! {
+            result = connection.as_mut() => return result.map_err(|e| e.to_string()),
+            _ = drain.wait_for(|stop| *stop), if closing_since.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                closing_since = Some(Instant::now());
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                match activity.verdict(limits, closing_since, Instant::now()) {
+                    Verdict::Fine => {}
+                    Verdict::Idle => {
+                        connection.as_mut().graceful_shutdown();
+                        closing_since = Some(Instant::now());
+                    }
+                    Verdict::Stalled => {
+                        tracing::info!(peer = %peer, timeout = ?limits.send_timeout, "closing a connection whose client stopped reading");
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 }
 
-fn connection_builder(app: &App, keep_alive: bool) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(keep_alive)
-        // Without a timer hyper silently ignores the header-read timeout.
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.limits.header_read_timeout)
-        .max_buf_size(app.limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_H2_STREAMS)
-        .max_header_list_size(app.limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    builder
+/// Reads the first bytes of a connection to tell HTTP/2 prior knowledge (the preface) from
+/// HTTP/1.1: returns what was read (to be replayed) and whether it is HTTP/2. `None` if the
+/// client closed without a byte.
+async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<(Bytes, bool)>> {
+    let mut buf = vec![0u8; H2_PREFACE.len()];
+    let mut read = 0;
+    while read < H2_PREFACE.len() {
+        let n = stream.read(&mut buf[read..]).await?;
+        if n == 0 {
+            if read == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        read += n;
+        if buf[..read] != H2_PREFACE[..read] {
+            break;
+        }
+    }
+    buf.truncate(read);
+    let is_h2 = buf == H2_PREFACE;
+    Ok(Some((Bytes::from(buf), is_h2)))
+}
+
+/// A stream whose first bytes were already read (for protocol detection): replays them, then
+/// reads on.
+struct Prefixed<S> {
+    first: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first[..n]);
+            self.first.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What one connection is doing, for its watchdog: responses in flight, how many of them wait
+/// on their guest (not on the client), and when anything last moved.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    waiting_on_guest: AtomicUsize,
+    /// Milliseconds after `opened` of the last progress (a request, a body frame, an end).
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            waiting_on_guest: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What the watchdog does about a connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing.
+    Fine,
+    /// No request for `keep-alive-timeout`: close it gracefully.
+    Idle,
+    /// A response waited on the client for `send-timeout` (or a graceful close did not end):
+    /// drop it.
+    Stalled,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// When the watchdog should look again.
+    fn deadline(&self, limits: &HttpLimits, closing_since: Option<Instant>) -> Instant {
+        if let Some(since) = closing_since {
+            return since + limits.send_timeout;
+        }
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let waiting = self.waiting_on_guest.load(Ordering::Relaxed);
+        match in_flight {
+            0 => self.last() + limits.keep_alive_timeout,
+            // Every response waits on its guest: the request timeout governs; look again later.
+            n if n <= waiting => Instant::now() + limits.send_timeout,
+            _ => self.last() + limits.send_timeout,
+        }
+    }
+
+    /// The watchdog's decision at `now`: a pure function of the counters and the limits.
+    fn verdict(
+        &self,
+        limits: &HttpLimits,
+        closing_since: Option<Instant>,
+        now: Instant,
+    ) -> Verdict {
+        if let Some(since) = closing_since {
+            return if now >= since + limits.send_timeout {
+                Verdict::Stalled
+            } else {
+                Verdict::Fine
+            };
+        }
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let waiting = self.waiting_on_guest.load(Ordering::Relaxed);
+        let quiet = now.saturating_duration_since(self.last());
+        match in_flight {
+            0 if quiet >= limits.keep_alive_timeout => Verdict::Idle,
+            n if n > waiting && quiet >= limits.send_timeout => Verdict::Stalled,
+            _ => Verdict::Fine,
+        }
+    }
 }
 
 fn service(
-    app: Arc<App>,
+    ctx: Arc<Ctx>,
     peer: SocketAddr,
     scheme: Scheme,
+    activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<ResponseBody>,
+    Response = Response<ServerBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<ServerBody>, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |request| {
-        let (app, scheme) = (app.clone(), scheme.clone());
-        async move { Ok(handle(app, request, peer, scheme).await) }
+        let (ctx, scheme, activity) = (ctx.clone(), scheme.clone(), activity.clone());
+        async move { Ok(handle(ctx, request, peer, scheme, activity).await) }
     })
 }
 
 /// Serves one request: route, limits, dispatch to a worker, metrics and access record.
 async fn handle(
-    app: Arc<App>,
+    ctx: Arc<Ctx>,
     request: Request<Incoming>,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     scheme: Scheme,
-) -> Response<ResponseBody> {
+    activity: Arc<Activity>,
+) -> Response<ServerBody> {
     let started = Instant::now();
+    let mut progress = Progress::start(activity);
+    let id = ctx.ids.assign(request.headers().get(request_id::HEADER));
     // Clones of the parsed method and URI share their bytes: no copy on the request path.
-    let record = app.access_log.clone().map(|log| AccessRecord {
+    let record = ctx.access_log.clone().map(|log| AccessRecord {
         log,
         method: request.method().clone(),
         uri: request.uri().clone(),
+        peer,
+        id: id.clone(),
     });
-    let route = app.route(request.uri().path());
-    let metrics = route.map_or(&app.unrouted, |r| &r.metrics);
+    let route = ctx.router.route(request.uri().path());
+    let metrics = route.map_or(ctx.router.unrouted(), |r| &r.metrics).clone();
     let in_flight = metrics.in_flight();
-    let (response, trace) = match dispatch(&app, route, request, scheme).await {
-        Ok((response, trace)) => (
-            response.map(|body| body.map_err(guest_body_error).boxed_unsync()),
-            Some(trace),
-        ),
-        Err((error, trace)) => {
-            if error.status().is_server_error() {
-                let worker = trace
-                    .as_ref()
-                    .map_or(0, |t| t.worker.load(Ordering::Relaxed));
-                tracing::warn!(error = %error, worker, "request failed");
-            }
-            let response = error.to_response::<Full<Bytes>>();
-            (
-                response.map(|b| b.map_err(|never| match never {}).boxed_unsync()),
-                trace,
-            )
-        }
+    let inner = match dispatch(&ctx, route, request, scheme, id).await {
+        Ok(response) => response.map(Inner::Guest),
+        Err(error) => error.to_response().map(|body| {
+            let bytes = body.size_hint().exact().unwrap_or(0);
+            Inner::Host(body, bytes)
+        }),
     };
-    let (mut parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = inner.into_parts();
     // Take the first body frame along with the head when the guest has already written it, so
     // that hyper writes head and body in one syscall (one TCP segment, one wake-up of the
     // client) instead of two: measured as the largest per-request cost on loopback.
     let peeked = first_frame(&mut body).await;
-    if app.draining.load(Ordering::Acquire) && parts.version < http::Version::HTTP_2 {
-        parts.headers.insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
+    if ctx.draining.is_draining() && parts.version < http::Version::HTTP_2 {
+        (parts.headers).insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let body = TracedBody {
+    progress.handed(peeked.is_some());
+    let body = ServerBody {
         inner: body,
         peeked,
-        trace,
-        bytes: 0,
         status: parts.status.as_u16(),
         started,
         record,
-        metrics: metrics.clone(),
-        pool: route.map(|r| r.pool.stats().clone()),
+        metrics,
+        progress,
         _in_flight: in_flight,
     };
-    Response::from_parts(parts, body.boxed_unsync())
+    Response::from_parts(parts, body)
 }
 
 /// The first frame of `body` if it is ready now or within [`FIRST_FRAME_TURNS`] turns of
@@ -386,13 +604,13 @@ async fn handle(
 /// No timer: the worker runs the guest on this thread and usually writes the whole body in
 /// the same turn that delivers the head, so the frame is almost always there on the first
 /// poll; yielding lets a worker that is still running finish that turn.
-async fn first_frame(body: &mut ResponseBody) -> Option<Option<Result<Frame<Bytes>, BodyError>>> {
-    let mut frame = std::pin::pin!(body.frame());
+async fn first_frame(body: &mut Inner) -> Option<Option<Result<Frame<Bytes>, BodyError>>> {
+    let mut body = Pin::new(body);
     for turn in 0..FIRST_FRAME_TURNS {
         if turn > 0 {
             tokio::task::yield_now().await;
         }
-        let polled = std::future::poll_fn(|cx| Poll::Ready(frame.as_mut().poll(cx))).await;
+        let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
         if let Poll::Ready(frame) = polled {
             return Some(frame);
         }
@@ -400,44 +618,57 @@ async fn first_frame(body: &mut ResponseBody) -> Option<Option<Result<Frame<Byte
     None
 }
 
-type DispatchResult =
-    Result<(crate::guest::GuestResponse, Arc<JobTrace>), (ServeError, Option<Arc<JobTrace>>)>;
-
 async fn dispatch(
-    app: &App,
-    route: Option<&Route>,
+    ctx: &Ctx,
+    route: Option<&crate::routes::Route>,
     mut request: Request<Incoming>,
     scheme: Scheme,
-) -> DispatchResult {
+    id: RequestId,
+) -> Result<Response<PoolBody>, ServeError> {
     let Some(route) = route else {
-        return Err((ServeError::NoRoute(request.uri().path().to_string()), None));
+        return Err(ServeError::NoRoute(request.uri().path().to_string()));
     };
-    let limit = app.limits.max_body_bytes;
-    let declared = request
+    if request
         .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(declared) = declared.filter(|&d| d > limit) {
-        return Err((ServeError::BodyTooLarge { declared, limit }, None));
+        .get_all(header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // RFC 9112 §3.2: a request with more than one Host header is invalid.
+        return Err(ServeError::BadRequest("more than one `Host` header".into()));
     }
-    if route.strip_prefix {
-        strip_prefix(&mut request, &route.prefix);
+    let limit = ctx.limits.max_body_bytes;
+    if let Some(declared) = declared_length(request.headers())?.filter(|&d| d > limit) {
+        return Err(ServeError::BodyTooLarge { declared, limit });
+    }
+    if route.config.strip_prefix {
+        strip_prefix(&mut request, &route.config.prefix);
     }
     // A chunked body has no declared size: cap it as it streams.
     let request = request.map(|body| {
-        Limited::new(body, limit as usize)
+        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
             .map_err(move |e| match e.downcast::<hyper::Error>() {
                 Ok(e) => wasmtime_wasi_http::Error::Hyper(*e),
                 Err(_) => wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit)),
             })
             .boxed_unsync()
     });
-    route
-        .pool
-        .dispatch(request, scheme)
-        .await
-        .map_err(|(e, trace)| (e, Some(trace)))
+    route.pool.dispatch(request, scheme, id).await
+}
+
+/// The declared `Content-Length`, strictly decimal digits (as wasi-http itself requires).
+fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, ServeError> {
+    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    let parsed = (!bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit))
+        .then(|| std::str::from_utf8(bytes).ok()?.parse::<u64>().ok())
+        .flatten();
+    parsed
+        .map(Some)
+        .ok_or_else(|| ServeError::BadRequest("`Content-Length` is not a decimal number".into()))
 }
 
 /// Rewrites `/api/5?x` to `/5?x` for a route mounted on `/api` with `strip-prefix`.
@@ -463,36 +694,133 @@ fn strip_prefix<B>(request: &mut Request<B>, prefix: &str) {
     }
 }
 
-fn guest_body_error(e: wasmtime_wasi_http::Error) -> BodyError {
-    BodyError(format!("guest response body failed: {e}"))
-}
-
 /// What the access log says about one request, completed when its body is done.
 struct AccessRecord {
     log: AccessLog,
     method: http::Method,
     /// As sent (before any `strip-prefix`): the log shows what the client asked for.
     uri: http::Uri,
+    peer: SocketAddr,
+    id: RequestId,
 }
 
-/// Wraps a response body to count its bytes, turn a body cut short by a failed guest into an
-/// error (not a clean end), and write the access log line when the response is done.
-struct TracedBody {
-    inner: ResponseBody,
+/// A response body as fibhost sends it: a guest's or fibhost's own.
+enum Inner {
+    Guest(PoolBody),
+    /// An error document and its length.
+    Host(Full<Bytes>, u64),
+}
+
+impl Inner {
+    fn worker(&self) -> usize {
+        match self {
+            Inner::Guest(body) => body.worker(),
+            Inner::Host(..) => 0,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Inner::Guest(body) => body.bytes(),
+            Inner::Host(_, bytes) => *bytes,
+        }
+    }
+}
+
+impl Body for Inner {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Inner::Guest(body) => Pin::new(body).poll_frame(cx),
+            Inner::Host(body, _) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Guest(body) => body.is_end_stream(),
+            Inner::Host(body, _) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::Guest(body) => body.size_hint(),
+            Inner::Host(body, _) => body.size_hint(),
+        }
+    }
+}
+
+/// One response's share of its connection's [`Activity`]: in flight until dropped, and
+/// whether it waits on its guest (a body frame not ready) or on the client.
+struct Progress {
+    activity: Arc<Activity>,
+    waiting_on_guest: bool,
+}
+
+impl Progress {
+    fn start(activity: Arc<Activity>) -> Progress {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.waiting_on_guest.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        Progress {
+            activity,
+            waiting_on_guest: true,
+        }
+    }
+
+    /// Records a poll of the body: `ready` if it gave something (the client's turn to take
+    /// it), not if it waits on the guest.
+    fn handed(&mut self, ready: bool) {
+        let waiting = !ready;
+        if waiting != self.waiting_on_guest {
+            let counter = &self.activity.waiting_on_guest;
+            if waiting {
+                counter.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.waiting_on_guest = waiting;
+        }
+        self.activity.touch();
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.waiting_on_guest {
+            self.activity
+                .waiting_on_guest
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+    }
+}
+
+/// The body of every response fibhost sends: counts its bytes through the inner body, reports
+/// progress to the connection's watchdog, and writes the access-log line and the request
+/// metrics when the response is done.
+pub struct ServerBody {
+    inner: Inner,
     /// What polling `inner` already gave (`Some(None)`: the end), sent before polling again.
     peeked: Option<Option<Result<Frame<Bytes>, BodyError>>>,
-    trace: Option<Arc<JobTrace>>,
-    bytes: u64,
     status: u16,
     started: Instant,
     record: Option<AccessRecord>,
-    metrics: Arc<RouteMetrics>,
-    /// The serving pool's counters, for the worker's `tx` bytes.
-    pool: Option<Arc<PoolStats>>,
+    metrics: RouteMetrics,
+    progress: Progress,
     _in_flight: InFlight,
 }
 
-impl Body for TracedBody {
+impl Body for ServerBody {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -500,28 +828,12 @@ impl Body for TracedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let polled = match self.peeked.take() {
+        let this = &mut *self;
+        let polled = match this.peeked.take() {
             Some(frame) => Poll::Ready(frame),
-            None => Pin::new(&mut self.inner).poll_frame(cx),
+            None => Pin::new(&mut this.inner).poll_frame(cx),
         };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(None)
-                if self
-                    .trace
-                    .as_ref()
-                    .is_some_and(|t| t.failed.load(Ordering::Acquire)) =>
-            {
-                return Poll::Ready(Some(Err(BodyError(
-                    "the guest failed before finishing the response body".into(),
-                ))));
-            }
-            _ => {}
-        }
+        this.progress.handed(polled.is_ready());
         polled
     }
 
@@ -546,29 +858,121 @@ impl Body for TracedBody {
     }
 }
 
-impl Drop for TracedBody {
+impl Drop for ServerBody {
     fn drop(&mut self) {
         self.metrics.observe(self.status, self.started);
-        let worker = self
-            .trace
-            .as_ref()
-            .map_or(0, |t| t.worker.load(Ordering::Relaxed));
-        if let Some(stats) = self
-            .pool
-            .as_ref()
-            .and_then(|p| p.workers.get(worker.wrapping_sub(1)))
-        {
-            stats.tx_bytes.fetch_add(self.bytes, Ordering::Relaxed);
-        }
         if let Some(record) = &self.record {
             record.log.write(&AccessEntry {
                 method: record.method.as_str(),
                 path: record.uri.path_and_query().map_or("/", |p| p.as_str()),
                 status: self.status,
-                bytes: self.bytes,
+                bytes: self.inner.bytes(),
                 duration_us: self.started.elapsed().as_micros() as u64,
-                worker,
+                worker: self.inner.worker(),
+                request_id: &record.id,
+                client: record.peer,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HttpLimits {
+        HttpLimits {
+            max_body_bytes: 1,
+            max_header_bytes: 1024,
+            header_read_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            keep_alive_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn idle_connections_close_after_the_keep_alive_timeout() {
+        let activity = Arc::new(Activity::default());
+        let start = activity.opened;
+        let l = limits();
+        assert_eq!(
+            activity.verdict(&l, None, start + Duration::from_secs(4)),
+            Verdict::Fine
+        );
+        assert_eq!(
+            activity.verdict(&l, None, start + Duration::from_secs(5)),
+            Verdict::Idle
+        );
+    }
+
+    #[test]
+    fn a_response_waiting_on_its_guest_is_not_the_clients_fault() {
+        let activity = Arc::new(Activity::default());
+        let start = activity.opened;
+        let l = limits();
+        let mut progress = Progress::start(activity.clone());
+        let late = start + Duration::from_secs(60);
+        assert_eq!(
+            activity.verdict(&l, None, late),
+            Verdict::Fine,
+            "waiting on the guest"
+        );
+        progress.handed(true);
+        assert_eq!(
+            activity.verdict(&l, None, Instant::now() + Duration::from_secs(10)),
+            Verdict::Stalled,
+            "a frame the client has not taken for send-timeout"
+        );
+        drop(progress);
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(activity.waiting_on_guest.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_graceful_close_that_does_not_end_is_cut() {
+        let activity = Activity::default();
+        let since = Instant::now();
+        let l = limits();
+        assert_eq!(activity.verdict(&l, Some(since), since), Verdict::Fine);
+        assert_eq!(
+            activity.verdict(&l, Some(since), since + l.send_timeout),
+            Verdict::Stalled
+        );
+    }
+
+    #[test]
+    fn content_length_must_be_digits() {
+        let headers = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert_eq!(declared_length(&headers("12")).unwrap(), Some(12));
+        assert!(declared_length(&headers("+5")).is_err());
+        assert!(declared_length(&headers("")).is_err());
+        assert_eq!(declared_length(&http::HeaderMap::new()).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn detection_tells_h2_from_h1_and_replays_the_bytes() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        use tokio::io::AsyncWriteExt as _;
+        client.write_all(H2_PREFACE).await.unwrap();
+        let (first, h2) = detect(&mut server).await.unwrap().unwrap();
+        assert!(h2);
+        assert_eq!(&first[..], H2_PREFACE);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (first, h2) = detect(&mut server).await.unwrap().unwrap();
+        assert!(!h2);
+        assert!(first.starts_with(b"G"), "{first:?}");
+        drop(client);
+        let mut replay = Prefixed {
+            first,
+            inner: server,
+        };
+        let mut rest = Vec::new();
+        replay.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(&rest[..], b"GET / HTTP/1.1\r\n");
     }
 }

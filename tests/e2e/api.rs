@@ -62,13 +62,97 @@ async fn json_log_lines_parse() {
         "\"target\":\"fibhost::access\"",
         std::time::Duration::from_secs(10),
     );
+    // Every log line is JSON; the startup lines are printed, not logged, so that no log
+    // format wraps them (scripts parse them as they are).
+    let startup = [
+        "Serving HTTP on ",
+        "Admin listening on ",
+        "Stats socket on ",
+    ];
     for line in server.output().lines() {
+        if startup.iter().any(|s| line.starts_with(s)) {
+            continue;
+        }
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         if value["target"] == "fibhost::access" {
             assert_eq!(value["path"], "/a\"b");
             assert_eq!(value["status"], 400);
             assert_eq!(value["worker"], 1);
+            assert!(
+                value["request_id"]
+                    .as_str()
+                    .is_some_and(|id| !id.is_empty())
+            );
+            assert!(
+                value["client"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("127.0.0.1:"))
+            );
         }
     }
+    assert!(server.output().contains("Serving HTTP on http://"));
+}
+
+/// One id joins a request's log lines: the access line (with the client's address), the
+/// guest's output lines and the warning about its failure. A valid incoming `X-Request-Id`
+/// is kept; an unsafe one is replaced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_id_joins_the_access_line_guest_output_and_warnings() {
+    let server = start(guests::TESTBED, &["--workers", "1"]);
+    let http = Http::new();
+    let reply = http
+        .send_with(
+            http::Method::GET,
+            &server.url("/panic"),
+            "".into(),
+            &[("x-request-id", "trace-42")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let limit = std::time::Duration::from_secs(10);
+    server.wait_for_output("path=/panic status=500", limit);
+    let output = server.output();
+    let lines = |needle: &str| -> Vec<String> {
+        (output.lines())
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    };
+    let access = lines("fibhost::access");
+    assert!(
+        access[0].contains("request_id=trace-42 client=127.0.0.1:"),
+        "{access:?}"
+    );
+    // The guest's panic message (its stderr) and the trap warning carry the same id.
+    let guest = lines("fibhost::guest");
+    assert!(
+        guest
+            .iter()
+            .any(|l| l.contains("request_id=\"trace-42\"")
+                && l.contains("testbed was asked to panic")),
+        "{guest:?}"
+    );
+    let warning = lines("guest trapped");
+    assert!(
+        warning[0].contains("request_id=\"trace-42\""),
+        "{warning:?}"
+    );
+    // The log line of a trap names the cause, with the wasm backtrace (function names).
+    assert!(warning[0].contains("wasm backtrace"), "{warning:?}");
+
+    // An id with a space is not printed as given: fibhost makes its own.
+    http.send_with(
+        http::Method::GET,
+        &server.url("/count"),
+        "".into(),
+        &[("x-request-id", "a b")],
+    )
+    .await
+    .unwrap();
+    server.wait_for_output("path=/count status=200", limit);
+    let output = server.output();
+    let line = output.lines().find(|l| l.contains("path=/count")).unwrap();
+    assert!(!line.contains("request_id=a b"), "{line}");
 }

@@ -164,18 +164,13 @@ impl Nginx {
             addr,
             scratch,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
+        let what = format!("nginx listening on {addr}");
+        fibhost_e2e::eventually_blocking(Duration::from_secs(30), &what, || {
             if let Some(status) = nginx.child.try_wait().unwrap() {
                 panic!("nginx exited with {status}:\n{}", nginx.logs());
             }
-            assert!(
-                Instant::now() < deadline,
-                "nginx is not listening on {addr} after 10 s:\n{}",
-                nginx.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            TcpStream::connect(addr).ok()
+        });
         nginx
     }
 
@@ -325,15 +320,11 @@ async fn nginx_failover() {
         "nginx never used the first fibhost:\n{}",
         draining.output()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while served(&staying.output(), "/9000") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "nginx never used the second fibhost:\n{}",
-            staying.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = "nginx using the second fibhost";
+    fibhost_e2e::eventually(Duration::from_secs(30), what, || async {
+        (served(&staying.output(), "/9000") > 0).then_some(())
+    })
+    .await;
     // The survivor still answers through nginx.
     let last = http.get(&nginx.url("/9000")).await.unwrap();
     assert_eq!((last.status, last.text()), (StatusCode::OK, expected));
@@ -357,21 +348,10 @@ fn validate_deploy(dir: Option<&Path>, scratch: &Scratch) -> (Option<i32>, Strin
         .stderr(file);
     let mut child = command.spawn().expect("cannot run bash");
     // The first run installs the validator from PyPI; later runs take about a second.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "validate-deploy.sh still running after 300 s:\n{}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let what = "validate-deploy.sh finishing";
+    let status = fibhost_e2e::eventually_blocking(Duration::from_secs(300), what, || {
+        child.try_wait().unwrap()
+    });
     (status.code(), fs::read_to_string(&log).unwrap_or_default())
 }
 

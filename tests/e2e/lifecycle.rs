@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 
 use crate::start;
-use fibhost_e2e::{Http, Load, Server, guests};
+use fibhost_e2e::{Http, Load, Server, eventually, guests};
 
 async fn count(http: &Http, server: &Server) -> u64 {
     let reply = http.get(&server.url("/count")).await.unwrap();
@@ -66,39 +66,17 @@ async fn lifetime_recycles_an_instance() {
     let http = Http::new();
     assert_eq!(count(&http, &server).await, 1);
     assert_eq!(count(&http, &server).await, 2);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        count(&http, &server).await,
-        1,
-        "the instance outlived max-worker-lifetime"
-    );
+    // The instance is replaced once its second is up: a request then finds a fresh one.
+    let what = "a fresh instance after max-worker-lifetime";
+    eventually(Duration::from_secs(30), what, || async {
+        (count(&http, &server).await == 1).then_some(())
+    })
+    .await;
     server.wait_for_output("reason=\"lifetime\"", Duration::from_secs(10));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn min_lifetime_holds_back_lifetime_recycling() {
-    let server = start(
-        guests::TESTBED,
-        &[
-            "--workers",
-            "1",
-            "--max-worker-lifetime",
-            "0.2",
-            "--min-worker-lifetime",
-            "60",
-            "--lifetime-jitter",
-            "0",
-        ],
-    );
-    let http = Http::new();
-    assert_eq!(count(&http, &server).await, 1);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        count(&http, &server).await,
-        2,
-        "a young instance was recycled"
-    );
-}
+// `min-worker-lifetime` and the jitter spread are rules of the pure policy: their tests are
+// unit tests with given instants (`host/src/pool/policy.rs`), not sleeps here.
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_recycles_an_instance() {
@@ -123,54 +101,6 @@ async fn memory_recycles_an_instance() {
         "the instance kept serving above reload-on-memory"
     );
     server.wait_for_output("reason=\"memory\"", Duration::from_secs(10));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn jittered_lifetimes_are_spread() {
-    let server = start(
-        guests::TESTBED,
-        &[
-            "--workers",
-            "4",
-            "--max-worker-lifetime",
-            "2",
-            "--lifetime-jitter",
-            "0.5",
-            "--disable-logging",
-        ],
-    );
-    // Wait for each of the 4 workers' first lifetime recycle (within 3 s by construction).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let times = loop {
-        let output = server.output();
-        let times: Vec<(usize, String)> = output
-            .lines()
-            .filter(|l| l.contains("reason=\"lifetime\""))
-            .filter_map(|l| {
-                let worker = l.split("worker=").nth(1)?.split(' ').next()?.parse().ok()?;
-                Some((worker, l.split(' ').next()?.to_string()))
-            })
-            .collect();
-        let mut workers: Vec<usize> = times.iter().map(|t| t.0).collect();
-        workers.sort();
-        workers.dedup();
-        if workers.len() == 4 {
-            break times;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every worker recycled:\n{output}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let first: Vec<&String> = (1..=4)
-        .map(|w| &times.iter().find(|t| t.0 == w).unwrap().1)
-        .collect();
-    let mut distinct = first.clone();
-    distinct.sort();
-    distinct.dedup();
-    // Timestamps have microsecond resolution: identical ones would mean a synchronized recycle.
-    assert_eq!(distinct.len(), 4, "workers recycled together: {first:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,9 +174,10 @@ async fn hostile_guests_do_not_disturb_other_requests() {
             None => assert!(reply.is_err(), "a stalled body must not look complete"),
         }
     }
-    // A 100 MiB body streams through completely.
-    let reply = http.get(&server.url("/stream?mib=100")).await.unwrap();
-    assert_eq!(reply.body.len(), 100 * 1024 * 1024);
+    // A large body streams through completely (32 MiB: within the 2 s request timeout even
+    // on a loaded machine; the guest writes it inside its call).
+    let reply = http.get(&server.url("/stream?mib=32")).await.unwrap();
+    assert_eq!(reply.body.len(), 32 * 1024 * 1024);
     let (ok, failed) = load.finish().await;
     assert_eq!(failed, 0, "requests to the well-behaved path failed");
     assert!(ok > 0);

@@ -51,18 +51,13 @@ async fn wait_for_load(server: &fibhost_e2e::Server, busy: u64, queued: u64) {
         server.logged_addr("Admin listening on http://")
     );
     let http = fibhost_e2e::Http::new();
-    for _ in 0..1000 {
+    let what = format!("{busy} busy and {queued} queued");
+    fibhost_e2e::eventually(std::time::Duration::from_secs(30), &what, || async {
         let reply = http.get(&stats).await.unwrap();
         let stats: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
-        if stats["load"] == busy && stats["listen_queue"] == queued {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!(
-        "the server never reached {busy} busy and {queued} queued:\n{}",
-        server.output()
-    );
+        (stats["load"] == busy && stats["listen_queue"] == queued).then_some(())
+    })
+    .await;
 }
 
 /// Runs fibhost expecting it to fail at startup; returns its output.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use crate::start;
-use fibhost_e2e::{Http, Server, addr_after, guests};
+use fibhost_e2e::{Http, Server, addr_after, eventually, guests};
 
 use crate::admin_url as admin;
 
@@ -102,9 +102,18 @@ async fn metrics_move_with_requests_errors_and_recycles() {
         http.get(&server.url("/nope")).await.unwrap().status,
         StatusCode::NOT_FOUND
     );
-    // The counters are updated when each response completes; give the last one a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = metrics(&http, &server, "s3cret").await;
+    // The counters are updated when each response completes (the recycles just after):
+    // wait until the last of them is counted, then check them all.
+    let after = eventually(
+        Duration::from_secs(30),
+        "the timeout's recycle counted",
+        || async {
+            let m = metrics(&http, &server, "s3cret").await;
+            let key = "fibhost_instance_recycles_total{reason=\"timeout\",route=\"/\"}";
+            (m.get(key) == Some(&1.0)).then_some(m)
+        },
+    )
+    .await;
     assert_eq!(
         value(&after, "fibhost_requests_total{class=\"2xx\",route=\"/\"}"),
         5.0
@@ -238,18 +247,13 @@ async fn readiness_flips_to_503_while_draining() {
     });
     crate::wait_for_load(&server, 1, 0).await;
     server.signal("TERM");
-    let mut saw_draining = false;
-    for _ in 0..50 {
-        match Http::new().get(&readyz).await {
-            Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
-                assert!(reply.text().contains("draining"));
-                saw_draining = true;
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    assert!(saw_draining, "/readyz never answered 503 during the drain");
+    let what = "/readyz answering 503 during the drain";
+    let reply = eventually(Duration::from_secs(30), what, || async {
+        let reply = Http::new().get(&readyz).await.ok()?;
+        (reply.status == StatusCode::SERVICE_UNAVAILABLE).then_some(reply)
+    })
+    .await;
+    assert!(reply.text().contains("draining"));
     let reply = slow.await.unwrap().unwrap();
     assert_eq!(reply.text(), "slept v1");
     // Keep-alive responses during the drain tell the client to close.
@@ -275,16 +279,18 @@ async fn stats_json_and_socket_speak_uwsgi() {
     for n in 0..10 {
         http.get(&server.url(&format!("/{n}"))).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let reply = http.get(&admin(&server, "/stats")).await.unwrap();
-    let stats: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    // Each worker counts its request after the response went out: wait for the tenth.
+    let stats = eventually(Duration::from_secs(30), "10 requests in /stats", || async {
+        let reply = http.get(&admin(&server, "/stats")).await.unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let total: u64 = (stats["workers"].as_array()?.iter())
+            .map(|w| w["requests"].as_u64().unwrap_or(0))
+            .sum();
+        (total == 10).then_some(stats)
+    })
+    .await;
     let workers = stats["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 3);
-    let total: u64 = workers
-        .iter()
-        .map(|w| w["requests"].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, 10);
     for key in [
         "id",
         "pid",
@@ -316,7 +322,7 @@ async fn stats_json_and_socket_speak_uwsgi() {
     );
     assert!(stats["listen_queue"].is_u64() && stats["version"].is_string());
     assert!(
-        !reply.text().contains("user-agent"),
+        !stats.to_string().contains("user-agent"),
         "stats must not leak request data"
     );
 

@@ -249,14 +249,10 @@ fn https_with_http2_by_alpn_and_certificate_reload() {
     write_cert(&dir);
     std::fs::copy(&cert, &trusted).unwrap();
     server.signal("HUP");
-    let mut served = false;
-    for _ in 0..50 {
-        if https(&[]).0 {
-            served = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let served =
+        fibhost_e2e::eventually_blocking(Duration::from_secs(30), "the new certificate", || {
+            https(&[]).0.then_some(true)
+        });
     assert!(
         served,
         "the reloaded certificate was never served:\n{}",

@@ -108,3 +108,31 @@ fn port_in_use_is_explained() {
     let out = fails(&["--component", guests::FIB, "--listen", &addr]);
     assert!(out.contains(&format!("cannot listen on `{addr}`")), "{out}");
 }
+
+/// An admin or stats listener reachable beyond this host needs a token, unless the operator
+/// says `--admin-insecure` out loud.
+#[test]
+fn a_public_admin_listener_needs_a_token() {
+    for flag in ["--admin-listen", "--stats"] {
+        let out = fails(&["--component", guests::FIB, flag, "0.0.0.0:0"]);
+        assert!(out.contains("no `admin-token` is set"), "{flag}: {out}");
+        assert!(out.contains("--admin-insecure"), "{flag}: {out}");
+    }
+    let with_token = [
+        "--component",
+        guests::FIB,
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--admin-token",
+        "t",
+    ];
+    drop(Server::start(fibhost(), &with_token));
+    let insecure = [
+        "--component",
+        guests::FIB,
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--admin-insecure",
+    ];
+    drop(Server::start(fibhost(), &insecure));
+}

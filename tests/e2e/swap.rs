@@ -3,12 +3,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 
 use crate::{fibhost, start};
-use fibhost_e2e::{Http, Load, Reply, Server, guests, temp_dir};
+use fibhost_e2e::{Http, Load, Reply, Server, eventually, guests, temp_dir};
 
 fn sha256(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
@@ -106,15 +106,11 @@ async fn twenty_swaps_under_load_through_file_sighup_and_admin() {
             }
         }
         let want = sha256(&current);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while serving_sha(&http, &server).await != want {
-            assert!(
-                Instant::now() < deadline,
-                "swap {i} never completed:\n{}",
-                server.output()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("swap {i} completed");
+        eventually(Duration::from_secs(30), &what, || async {
+            (serving_sha(&http, &server).await == want).then_some(())
+        })
+        .await;
         // Once the swap is done, new requests see only the new version.
         for _ in 0..10 {
             assert_eq!(
@@ -226,11 +222,14 @@ async fn a_request_in_flight_finishes_on_the_old_version() {
         }
     });
     // While the old version finishes the slow request, new requests already get v2.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http.get(&server.url("/version")).await.unwrap().text() != "v2" {
-        assert!(Instant::now() < deadline, "the new version never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the new version serving",
+        || async {
+            (http.get(&server.url("/version")).await.unwrap().text() == "v2").then_some(())
+        },
+    )
+    .await;
     assert_eq!(slow.await.unwrap().unwrap().text(), "slept v1");
     let reply = swap.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -281,4 +280,81 @@ fn the_compile_cache_survives_restarts_and_rebuilds_corrupt_entries() {
     );
     third.wait_for_output("compiled component (cache miss)", Duration::from_secs(10));
     assert_eq!(fibhost_e2e::curl(&[&third.url("/version")]).1, "v1");
+}
+
+/// The admin API loads only regular files of bounded size, and with `reload-dir` only files
+/// inside it, answering the same whether an outside path exists or not. A device that
+/// streams forever or a FIFO that never opens must be refused, not read.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reload_api_reads_only_bounded_regular_files() {
+    let dir = temp_dir("reload-dir");
+    let inside = dir.join("fib.wasm");
+    std::fs::copy(guests::FIB, &inside).unwrap();
+    let big = dir.join("big.wasm");
+    std::fs::write(&big, vec![0u8; 2 << 20]).unwrap();
+    let fifo = dir.join("fifo.wasm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let server = start(
+        guests::FIB,
+        &[
+            "--workers",
+            "1",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--max-component-size",
+            "1",
+            "--reload-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let http = Http::new();
+    let reload =
+        async |path: &str| crate::admin_reload(&http, &server, &format!("component={path}")).await;
+    for (path, status, needle) in [
+        ("/dev/zero", 403, "inside `reload-dir`"),
+        ("/etc/passwd", 403, "inside `reload-dir`"),
+        ("/no/such/file.wasm", 403, "inside `reload-dir`"),
+        (fifo.to_str().unwrap(), 422, "not a regular file"),
+        (
+            big.to_str().unwrap(),
+            422,
+            "larger than `max-component-size`",
+        ),
+    ] {
+        let reply = reload(path).await;
+        assert_eq!(reply.status.as_u16(), status, "{path}: {}", reply.text());
+        assert!(reply.text().contains(needle), "{path}: {}", reply.text());
+    }
+    // Refusals for an existing and a missing path outside the directory read the same.
+    assert_eq!(
+        reload("/etc/passwd").await.text(),
+        reload("/no/such").await.text()
+    );
+    let ok = reload(inside.to_str().unwrap()).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+}
+
+/// Without `reload-dir`, a device is still refused at once instead of read without end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_is_not_a_component() {
+    let server = start(
+        guests::FIB,
+        &["--workers", "1", "--admin-listen", "127.0.0.1:0"],
+    );
+    let reply = crate::admin_reload(&Http::new(), &server, "component=/dev/zero").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        reply.text().contains("not a regular file"),
+        "{}",
+        reply.text()
+    );
 }

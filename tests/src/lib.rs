@@ -4,6 +4,7 @@
 //! The suites themselves live in `tests/e2e/` and are compiled as the `e2e` test of the
 //! `fibhost` package, so that cargo builds the binary they spawn.
 
+use std::future::Future;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,7 +32,50 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(120);
 struct Output {
     text: String,
     addr: Option<SocketAddr>,
-    closed: bool,
+    /// Readers (stdout, stderr) that reached the end of their stream.
+    closed: usize,
+}
+
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `check` until it gives `Some`, and returns that; panics naming `what` after `limit`.
+/// The one way a test waits for a state it cannot be told about: no test sleeps to
+/// synchronise, and `limit` is a bound on a hang, never an assertion about speed.
+pub async fn eventually<T, F>(limit: Duration, what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never happened within {limit:?}: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`eventually`] for tests without a runtime.
+pub fn eventually_blocking<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never happened within {limit:?}: {what}"
+        );
+        std::thread::sleep(POLL);
+    }
 }
 
 /// A running `fibhost` process, killed (and its output printed, if the test failed) on drop.
@@ -71,6 +115,10 @@ impl Server {
     }
 
     /// Spawns `command` (stdout and stderr captured) and waits for its startup line.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "on success the child moves into the `Server`, whose `Drop` kills and waits for it"
+    )]
     pub fn spawn(mut command: Command) -> Result<Server, StartFailure> {
         command
             .stdin(Stdio::null())
@@ -99,23 +147,24 @@ impl Server {
                     out.text.push('\n');
                 }
                 let (lock, ready) = &*output;
-                lock.lock().unwrap().closed = true;
+                lock.lock().unwrap().closed += 1;
                 ready.notify_all();
             });
         }
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                // Give the reader threads a moment to collect the last lines.
-                std::thread::sleep(Duration::from_millis(200));
+            let (lock, ready) = &*output;
+            let out = lock.lock().unwrap();
+            if out.closed == 2 {
+                // Both streams ended: the process exited (or is about to).
+                drop(out);
+                let status = child.wait().unwrap();
                 let text = output.0.lock().unwrap().text.clone();
                 return Err(StartFailure {
                     status,
                     output: text,
                 });
             }
-            let (lock, ready) = &*output;
-            let out = lock.lock().unwrap();
             if let Some(addr) = out.addr {
                 drop(out);
                 return Ok(Server {
@@ -153,15 +202,10 @@ impl Server {
 
     /// Waits until the output contains `needle` (or panics after `limit`).
     pub fn wait_for_output(&self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.output().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "`{needle}` never appeared in:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("`{needle}` in the server's output");
+        eventually_blocking(limit, &what, || {
+            self.output().contains(needle).then_some(())
+        });
     }
 
     /// The process id.
@@ -178,21 +222,17 @@ impl Server {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// Waits for the process to exit, up to `limit`.
+    /// Waits for the process to exit (and its output to be read), up to `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server still running after {limit:?}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let status = eventually_blocking(limit, "the server's exit", || {
+            self.child.try_wait().unwrap()
+        });
+        let (lock, ready) = &*self.output;
+        let mut out = lock.lock().unwrap();
+        while out.closed < 2 {
+            out = ready.wait(out).unwrap();
         }
+        status
     }
 }
 
@@ -209,7 +249,6 @@ impl Drop for Server {
     }
 }
 
-/// Reads the address from `Serving HTTP on http://ADDR/` (or the HTTPS form).
 /// The address printed right after the first `label` in `text` (up to a `/` or whitespace),
 /// e.g. after `Admin listening on http://` in fibhost's log.
 pub fn addr_after(text: &str, label: &str) -> Option<SocketAddr> {

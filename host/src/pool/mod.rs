@@ -1,0 +1,573 @@
+//! The workers of one component: N long-lived tasks on the event-loop threads, each owning one
+//! guest instance at a time, fed through one lane per thread under one admission bound, with
+//! replacement instances built ahead of need.
+//!
+//! # Layout
+//! - this file: [`Pool`] (dispatch, swap, close), the lanes, and the worker loop (mechanism
+//!   only: take a job, serve it, record it, ask the policy, maybe replace the instance);
+//! - [`admission`]: the admission bound as an RAII slot moved into the job;
+//! - [`policy`]: when an instance is recycled, as pure functions of limits, facts and instants;
+//! - [`generation`]: one loaded version and its ready spares (make-before-break, hot swap);
+//! - [`body`]: the response body that reports back bytes, failures and the end of the response;
+//! - [`stats`]: the live counters read by metrics and `/stats`.
+//!
+//! # Design
+//! - **Lanes.** Workers are dealt out over the event-loop threads ([`crate::shards`]); the
+//!   workers of one thread share a lane: a channel of jobs they are parked on. A request goes
+//!   to its own thread's lane when a worker there is free, else to a lane of another thread
+//!   with a free worker, else it waits in its own thread's lane. So in the common case the
+//!   connection task and the worker task run on the same thread, and a request never waits
+//!   while a worker elsewhere is idle.
+//! - **Admission.** At most `workers + queue` requests are held; past that the client gets
+//!   503 at once. One request per instance at a time, as in uWSGI.
+//! - **Hot swap.** [`Pool::swap`] publishes a new generation; each worker moves over as soon as
+//!   it is idle, and re-checks the generation after taking a job, so no request dequeued after
+//!   the publish runs on the old version, and a request in flight finishes where it started.
+//!
+//! `wasmtime-wasi-http`'s `handler` module (a reuse-aware dispatcher with per-worker accept
+//! and expiry hooks) was evaluated and not used: in 48.x it is gated behind the experimental
+//! `component-model-async` feature, is built around `run_concurrent` and several requests per
+//! instance, and has no notion of ready spares, exact request counts or versioned swaps,
+//! which are what this module exists for.
+
+mod admission;
+mod body;
+mod generation;
+pub mod policy;
+mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use tokio::sync::watch;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+pub use body::PoolBody;
+pub use stats::{PoolStats, WorkerStats, unix_now};
+
+use crate::config::RouteConfig;
+use crate::engine::{Version, VersionId};
+use crate::error::ServeError;
+use crate::guest::{self, GuestRequest, Instance, LiveInstances, Reply};
+use crate::outcome::{Outcome, Recycle};
+use crate::request_id::RequestId;
+use crate::shards::Shards;
+use admission::Admission;
+use body::JobShared;
+use generation::Generation;
+use policy::{Drawn, Facts};
+
+/// Pause after a failed instantiation before a worker or the spawner tries again.
+const SPAWN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long a swap waits for busy workers when the route has no request timeout.
+const SWAP_WAIT_WITHOUT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request on its way to a worker.
+struct Job {
+    request: GuestRequest,
+    scheme: Scheme,
+    id: RequestId,
+    reply: Reply,
+    shared: Arc<JobShared>,
+}
+
+/// The workers of one component on one event-loop thread, and the jobs sent to them.
+struct Lane {
+    jobs: async_channel::Sender<Job>,
+    jobs_rx: async_channel::Receiver<Job>,
+    /// Workers on this lane.
+    workers: usize,
+    /// Admitted jobs of this lane not yet released (see [`admission`]).
+    held: Arc<AtomicUsize>,
+}
+
+impl Lane {
+    /// Whether a worker of this lane is free for one more job.
+    fn has_free_worker(&self) -> bool {
+        self.held.load(Ordering::Relaxed) < self.workers
+    }
+}
+
+/// The workers of one component.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    route: Arc<RouteConfig>,
+    live: LiveInstances,
+    /// One per event-loop thread, by shard index (a lane may have no workers).
+    lanes: Vec<Lane>,
+    generation: watch::Sender<Arc<Generation>>,
+    /// Serialises swaps of this component.
+    swapping: tokio::sync::Mutex<()>,
+    stats: Arc<PoolStats>,
+}
+
+/// What a completed swap reports.
+#[derive(Debug)]
+pub struct SwapReport {
+    /// The version now serving.
+    pub version: Arc<VersionId>,
+    /// Workers still finishing a request on the old version when the report was made.
+    pub still_draining: usize,
+}
+
+impl Pool {
+    /// Creates the pool and all its instances (one per worker), then starts the workers on
+    /// the event-loop threads and the spare spawner on the calling runtime. Fails if the
+    /// component cannot be instantiated, before any port is bound.
+    pub async fn start(
+        route: Arc<RouteConfig>,
+        version: Version,
+        shards: &Shards,
+        live: &LiveInstances,
+    ) -> Result<Pool> {
+        let workers = route.workers;
+        let generation = Arc::new(
+            Generation::prepare(version, &route, live, workers)
+                .await
+                .with_context(|| {
+                    format!("cannot instantiate the component for `{}`", route.prefix)
+                })?,
+        );
+        let lanes = (0..shards.len())
+            .map(|shard| {
+                // Unbounded: admission bounds what waits, over all lanes.
+                let (jobs, jobs_rx) = async_channel::unbounded();
+                Lane {
+                    jobs,
+                    jobs_rx,
+                    workers: (1..=workers)
+                        .filter(|&id| shards.of_worker(id) == shard)
+                        .count(),
+                    held: Arc::new(AtomicUsize::new(0)),
+                }
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            route,
+            live: live.clone(),
+            lanes,
+            generation: watch::Sender::new(generation.clone()),
+            swapping: tokio::sync::Mutex::new(()),
+            stats: Arc::new(PoolStats::new(workers)),
+        });
+        for id in 1..=workers {
+            let instance = generation
+                .take_spare()
+                .expect("prepare() made one instance per worker");
+            generation.adopt();
+            let shard = shards.of_worker(id);
+            let worker = Worker::new(id, shard, inner.clone(), instance);
+            shards.handles()[shard].spawn(worker.run());
+        }
+        tokio::spawn(inner.clone().keep_spares(generation));
+        Ok(Pool { inner })
+    }
+
+    /// The route this pool serves.
+    pub fn route(&self) -> &RouteConfig {
+        &self.inner.route
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.inner.route.workers
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.lanes.iter().map(|lane| lane.jobs.len()).sum()
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<PoolStats> {
+        &self.inner.stats
+    }
+
+    /// The version new requests are served by.
+    pub fn version(&self) -> Arc<VersionId> {
+        self.inner.generation.borrow().version.id.clone()
+    }
+
+    /// Queues `request` for a worker and waits for the guest's response (its head; the body
+    /// streams on). Fails at once with 503 when `workers + queue` requests are already held.
+    pub async fn dispatch(
+        &self,
+        request: GuestRequest,
+        scheme: Scheme,
+        id: RequestId,
+    ) -> Result<hyper::Response<PoolBody>, ServeError> {
+        let inner = &self.inner;
+        let (workers, queue) = (inner.route.workers, inner.route.queue);
+        let held: usize = inner
+            .lanes
+            .iter()
+            .map(|l| l.held.load(Ordering::Relaxed))
+            .sum();
+        if held >= workers + queue {
+            inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(ServeError::Overloaded { workers, queue });
+        }
+        let lane = &inner.lanes[inner.pick_lane()];
+        let shared = Arc::new(JobShared {
+            worker: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            admission: Admission::take(&lane.held),
+        });
+        let (reply, answer) = guest::reply();
+        let job = Job {
+            request,
+            scheme,
+            id,
+            reply,
+            shared: shared.clone(),
+        };
+        if lane.jobs.try_send(job).is_err() {
+            // Unbounded, so never full: closed, because the server is shutting down.
+            return Err(ServeError::ShuttingDown);
+        }
+        match answer.await {
+            Ok(Ok(response)) => {
+                Ok(response.map(|body| PoolBody::new(body, shared, inner.stats.clone())))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ServeError::Internal(
+                "the worker dropped the request".into(),
+            )),
+        }
+    }
+
+    /// Replaces the running version with `version`, make-before-break.
+    ///
+    /// Instantiates one instance per worker first; if that fails the old version keeps
+    /// serving and the error is returned. Returns once every worker has moved over, or after
+    /// the route's request timeout, reporting how many were still finishing old requests.
+    pub async fn swap(&self, version: Version) -> Result<SwapReport> {
+        let inner = &self.inner;
+        let _one_at_a_time = inner.swapping.lock().await;
+        let id = version.id.clone();
+        let next = Arc::new(
+            Generation::prepare(version, &inner.route, &inner.live, inner.route.workers)
+                .await
+                .context("cannot instantiate the new component")?,
+        );
+        let old = inner.generation.send_replace(next.clone());
+        old.retire();
+        tokio::spawn(inner.clone().keep_spares(next.clone()));
+        let wait = inner
+            .route
+            .lifecycle
+            .request_timeout
+            .unwrap_or(SWAP_WAIT_WITHOUT_TIMEOUT);
+        Ok(SwapReport {
+            version: id,
+            still_draining: next.adopted_by_all(wait).await,
+        })
+    }
+
+    /// Stops taking requests: workers exit once the queue is empty.
+    pub fn close(&self) {
+        for lane in &self.inner.lanes {
+            lane.jobs.close();
+        }
+        self.inner.generation.borrow().retire();
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("route", &self.inner.route.prefix)
+            .finish()
+    }
+}
+
+impl Inner {
+    /// The lane for a new job: this thread's when one of its workers is free, else another
+    /// thread's with a free worker, else this thread's (or, on a thread without workers of
+    /// this component, the lane with the least work per worker).
+    fn pick_lane(&self) -> usize {
+        let own = Shards::current()
+            .filter(|&shard| self.lanes.get(shard).is_some_and(|lane| lane.workers > 0));
+        if let Some(shard) = own
+            && self.lanes[shard].has_free_worker()
+        {
+            return shard;
+        }
+        if let Some(shard) = self.lanes.iter().position(Lane::has_free_worker) {
+            return shard;
+        }
+        own.unwrap_or_else(|| {
+            (0..self.lanes.len())
+                .filter(|&shard| self.lanes[shard].workers > 0)
+                .min_by_key(|&shard| {
+                    let lane = &self.lanes[shard];
+                    lane.held.load(Ordering::Relaxed) / lane.workers
+                })
+                .expect("a pool has at least one worker")
+        })
+    }
+
+    /// A new instance of `generation`, counted in the instantiation metrics.
+    async fn instantiate(&self, generation: &Generation) -> Result<Instance> {
+        let started = Instant::now();
+        let instance = Instance::new(&generation.version, &self.route, &self.live).await?;
+        let micros = started.elapsed().as_micros() as u64;
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .instantiation_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        Ok(instance)
+    }
+
+    /// Keeps `generation`'s spares topped up until it is retired.
+    async fn keep_spares(self: Arc<Self>, generation: Arc<Generation>) {
+        while !generation.is_retired() {
+            if !generation.wants_spares() {
+                generation.spare_taken().await;
+                continue;
+            }
+            match self.instantiate(&generation).await {
+                Ok(instance) => {
+                    if generation.add_spare(instance).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(
+                        route = %self.route.prefix,
+                        error = format!("{e:#}"),
+                        "cannot instantiate a spare instance; retrying"
+                    );
+                    tokio::time::sleep(SPAWN_BACKOFF).await;
+                }
+            }
+        }
+    }
+}
+
+/// One worker: one instance at a time, serving its lane's jobs.
+struct Worker {
+    id: usize,
+    shard: usize,
+    pool: Arc<Inner>,
+    instance: Instance,
+    drawn: Drawn,
+    generation: watch::Receiver<Arc<Generation>>,
+}
+
+/// What wakes a worker.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one event at a time on the worker's stack; boxing the job would allocate per request"
+)]
+enum Event {
+    Job(Job),
+    Swapped,
+    LifetimeOver,
+}
+
+impl Worker {
+    fn new(id: usize, shard: usize, pool: Arc<Inner>, instance: Instance) -> Worker {
+        let generation = pool.generation.subscribe();
+        let drawn = draw(&pool.route, &instance);
+        instance.assign(id);
+        pool.stats.workers[id - 1].spawned(instance.memory_bytes());
+        Worker {
+            id,
+            shard,
+            pool,
+            instance,
+            drawn,
+            generation,
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let event = tokio::select! {
+                biased;
+                job = self.pool.lanes[self.shard].jobs_rx.recv() => match job {
+                    Ok(job) => Event::Job(job),
+                    Err(_) => break,
+                },
+                changed = self.generation.changed() => match changed {
+                    Ok(()) => Event::Swapped,
+                    Err(_) => break,
+                },
+                () = sleep_until(self.drawn.recycle_at) => Event::LifetimeOver,
+            };
+            match event {
+                Event::Job(job) => self.serve(job).await,
+                Event::Swapped if self.is_stale() => self.replace(Recycle::Swap).await,
+                Event::Swapped => {}
+                Event::LifetimeOver => self.recycle_if_spare_ready(),
+            }
+        }
+        tracing::debug!(route = %self.pool.route.prefix, worker = self.id, "worker stopped");
+    }
+
+    async fn serve(&mut self, job: Job) {
+        if job.reply.is_abandoned() {
+            return; // The client left while the job was queued: don't run it.
+        }
+        if self.is_stale() {
+            self.replace(Recycle::Swap).await;
+        }
+        job.shared.worker.store(self.id, Ordering::Relaxed);
+        let stats = &self.pool.stats.workers[self.id - 1];
+        stats.busy.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        let (method, uri) = (job.request.method().clone(), job.request.uri().clone());
+        let timeout = self.pool.route.lifecycle.request_timeout;
+        let outcome = (self.instance)
+            .serve(job.request, job.scheme, &job.reply, &job.id, timeout)
+            .await;
+        self.record(&outcome, started, &job.id, &method, &uri);
+        let reason = outcome.recycle().or_else(|| {
+            let facts = Facts {
+                born: self.instance.born(),
+                served: self.instance.served(),
+                memory_bytes: self.instance.memory_bytes(),
+            };
+            policy::after_request(
+                &self.pool.route.lifecycle,
+                &self.drawn,
+                &facts,
+                Instant::now(),
+            )
+        });
+        if reason.is_some_and(Recycle::is_failure) {
+            // Before the instance goes: its body, if it was cut short, must end as an error.
+            job.shared.failed.store(true, Ordering::Release);
+        }
+        // The worker is free from here: the admission slot goes back now, not after the
+        // replacement below (the client may already be sending its next request).
+        job.shared.admission.release();
+        drop(job.shared);
+        if let Some(reason) = reason {
+            self.replace(reason).await;
+        }
+    }
+
+    /// Updates the worker's counters after a request and logs a failure (once, here, where
+    /// the route, worker, request and reason are all known).
+    fn record(
+        &self,
+        outcome: &Outcome,
+        started: Instant,
+        id: &RequestId,
+        method: &http::Method,
+        uri: &http::Uri,
+    ) {
+        let stats = &self.pool.stats.workers[self.id - 1];
+        stats.busy.store(false, Ordering::Relaxed);
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        (stats.instance_requests).store(self.instance.served(), Ordering::Relaxed);
+        (stats.memory_bytes).store(self.instance.memory_bytes(), Ordering::Relaxed);
+        (stats.busy_micros).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let route = &*self.pool.route.prefix;
+        let (worker, request_id) = (self.id, id.to_string());
+        match outcome {
+            Outcome::Answered | Outcome::Refused(_) => return,
+            Outcome::Trapped { detail, .. } => {
+                tracing::warn!(route, worker, %method, %uri, request_id, reason = %detail, "guest trapped");
+            }
+            Outcome::TimedOut(limit) => {
+                stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(route, worker, %method, %uri, request_id, timeout = ?limit, "guest ran past the request timeout and was interrupted");
+            }
+            Outcome::NoResponse => {
+                tracing::warn!(route, worker, %method, %uri, request_id, "guest returned without a response; replacing its instance");
+            }
+        }
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn is_stale(&self) -> bool {
+        !Arc::ptr_eq(
+            self.instance.version(),
+            &self.generation.borrow().version.id,
+        )
+    }
+
+    /// Past its lifetime an idle instance is replaced only by a ready spare: building one
+    /// here would hold the worker, and the spawner will have one soon.
+    fn recycle_if_spare_ready(&mut self) {
+        let generation = self.generation.borrow().clone();
+        match generation.take_spare() {
+            Some(fresh) => self.install(fresh, &generation, Recycle::Lifetime),
+            None => self.drawn.recycle_at = Some(Instant::now() + policy::RETRY_RECYCLE),
+        }
+    }
+
+    /// Gives the worker a fresh instance of the current generation, then drops the old one
+    /// (make-before-break). With no spare ready it builds one on its own thread rather than
+    /// wait for the spawner on the control thread; if that fails it waits for a spare of the
+    /// current generation, or for a newer generation, never for a retired one.
+    async fn replace(&mut self, reason: Recycle) {
+        loop {
+            let generation = self.generation.borrow_and_update().clone();
+            if let Some(fresh) = generation.take_spare() {
+                return self.install(fresh, &generation, reason);
+            }
+            match self.pool.instantiate(&generation).await {
+                Ok(fresh) => return self.install(fresh, &generation, reason),
+                Err(e) => tracing::error!(
+                    route = %self.pool.route.prefix,
+                    worker = self.id,
+                    error = format!("{e:#}"),
+                    "cannot instantiate a replacement; waiting for a spare"
+                ),
+            }
+            tokio::select! {
+                spare = generation.next_spare() => if let Some(fresh) = spare {
+                    return self.install(fresh, &generation, reason);
+                },
+                _ = self.generation.changed() => {}
+                () = tokio::time::sleep(SPAWN_BACKOFF) => {}
+            }
+        }
+    }
+
+    fn install(&mut self, fresh: Instance, generation: &Generation, reason: Recycle) {
+        if !Arc::ptr_eq(fresh.version(), self.instance.version()) {
+            generation.adopt();
+        }
+        fresh.assign(self.id);
+        self.pool.stats.workers[self.id - 1].respawned(fresh.memory_bytes());
+        self.pool.stats.recycles[reason as usize].fetch_add(1, Ordering::Relaxed);
+        let old = std::mem::replace(&mut self.instance, fresh);
+        self.drawn = draw(&self.pool.route, &self.instance);
+        tracing::info!(
+            route = %self.pool.route.prefix,
+            worker = self.id,
+            reason = reason.as_str(),
+            served = old.served(),
+            age_ms = old.born().elapsed().as_millis() as u64,
+            memory_bytes = old.memory_bytes(),
+            version = self.instance.version().short(),
+            "recycled instance"
+        );
+    }
+}
+
+/// The limits a new instance of `route` draws, with the process's random source.
+fn draw(route: &RouteConfig, instance: &Instance) -> Drawn {
+    policy::draw(&route.lifecycle, instance.born(), || {
+        rand::random_range(-1.0..1.0)
+    })
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

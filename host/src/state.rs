@@ -1,0 +1,274 @@
+//! The data of a guest's [`Store`](wasmtime::Store): WASI and HTTP contexts, the memory
+//! limiter, where the guest's output goes and what it may send out. Nothing here knows about
+//! pools or requests; [`crate::guest`] builds it, [`crate::engine`] links against it.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks};
+
+use crate::request_id::RequestId;
+
+/// Most table elements a guest may grow a table to (function references, not memory).
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// A guest writing one endless line must not grow the buffer without bound.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// The data of a guest's store.
+pub struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: NoOutgoingRequests,
+    memory: MemoryLimiter,
+}
+
+impl GuestState {
+    /// A store's data for a guest that sees `env`, writes its output tagged by `tag`, and may
+    /// grow its memories to `memory_limit_bytes` in all, tracked in `memory_bytes`.
+    pub fn new(
+        env: &[(String, String)],
+        tag: &Arc<OutputTag>,
+        memory_limit_bytes: u64,
+        memory_bytes: Arc<AtomicUsize>,
+    ) -> GuestState {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.envs(env)
+            .stdout(GuestOutput::new("stdout", tag))
+            .stderr(GuestOutput::new("stderr", tag));
+        GuestState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: NoOutgoingRequests,
+            memory: MemoryLimiter {
+                limit_bytes: usize::try_from(memory_limit_bytes).unwrap_or(usize::MAX),
+                bytes: memory_bytes,
+            },
+        }
+    }
+
+    /// The limiter the store must be given (`store.limiter(|s| s.limiter())`).
+    pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.memory
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outgoing HTTP (`wasi:http/outgoing-handler`) is linked, because the proxy world imports
+/// it, but a guest gets no network: every request is refused.
+struct NoOutgoingRequests;
+
+type SendFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+impl WasiHttpHooks for NoOutgoingRequests {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: SendFuture,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (http::Response<wasmtime_wasi_http::WasiBody>, SendFuture),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::DestinationIpProhibited) })
+    }
+}
+
+/// Caps an instance's linear memory and tracks its size (for `reload-on-memory` and the
+/// metrics), summed over all of the instance's memories.
+struct MemoryLimiter {
+    limit_bytes: usize,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool, wasmtime::Error> {
+        let total = self.bytes.load(Ordering::Relaxed) - current + desired;
+        if total > self.limit_bytes {
+            // Refusing makes `memory.grow` return -1 inside the guest, as on a real
+            // out-of-memory; what the guest does next (usually abort) is its own choice.
+            return Ok(false);
+        }
+        self.bytes.store(total, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool, wasmtime::Error> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// What a guest's output lines are tagged with: its route, the worker it serves for and the
+/// request it is serving. Shared by the instance (which updates it) and its output streams.
+pub struct OutputTag {
+    route: Arc<str>,
+    worker: AtomicUsize,
+    request: Mutex<Option<RequestId>>,
+    /// Partial lines (no newline yet) per stream: stdout, stderr.
+    pending: Mutex<[Vec<u8>; 2]>,
+}
+
+impl OutputTag {
+    /// The tag of an instance of `route`'s component, not yet serving any worker.
+    pub fn new(route: Arc<str>) -> Arc<OutputTag> {
+        Arc::new(OutputTag {
+            route,
+            worker: AtomicUsize::new(0),
+            request: Mutex::new(None),
+            pending: Mutex::new([Vec::new(), Vec::new()]),
+        })
+    }
+
+    /// Records which worker the instance now serves for.
+    pub fn set_worker(&self, worker: usize) {
+        self.worker.store(worker, Ordering::Relaxed);
+    }
+
+    /// Records the request the instance is serving (`None` between requests).
+    pub fn set_request(&self, request: Option<RequestId>) {
+        *lock(&self.request) = request;
+    }
+
+    /// Logs what the guest wrote without a final newline: its last line must not be lost when
+    /// a request or the instance ends.
+    pub fn flush(&self) {
+        let mut pending = lock(&self.pending);
+        for (index, buffer) in pending.iter_mut().enumerate() {
+            if !buffer.is_empty() {
+                let line = std::mem::take(buffer);
+                self.emit(STREAMS[index], &line);
+            }
+        }
+    }
+
+    fn emit(&self, stream: &'static str, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let request = lock(&self.request)
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        tracing::info!(
+            target: "fibhost::guest",
+            route = &*self.route,
+            worker = self.worker.load(Ordering::Relaxed),
+            request_id = request,
+            stream,
+            "{}",
+            text.trim_end_matches('\r')
+        );
+    }
+
+    fn write(&self, stream: usize, bytes: &[u8]) {
+        let mut pending = lock(&self.pending);
+        let buffer = &mut pending[stream];
+        buffer.extend_from_slice(bytes);
+        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+            self.emit(STREAMS[stream], &buffer[..end]);
+            buffer.drain(..=end);
+        }
+        if buffer.len() > MAX_LINE_BYTES {
+            let line = std::mem::take(buffer);
+            self.emit(STREAMS[stream], &line);
+        }
+    }
+}
+
+const STREAMS: [&str; 2] = ["stdout", "stderr"];
+
+/// A poisoned lock only means another thread panicked while logging; the data is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Guest stdout or stderr: each line goes to fibhost's log, tagged by [`OutputTag`].
+struct GuestOutput {
+    stream: usize,
+    tag: Arc<OutputTag>,
+}
+
+impl GuestOutput {
+    fn new(name: &'static str, tag: &Arc<OutputTag>) -> GuestOutput {
+        GuestOutput {
+            stream: usize::from(name == "stderr"),
+            tag: tag.clone(),
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(GuestOutput {
+            stream: self.stream,
+            tag: self.tag.clone(),
+        })
+    }
+}
+
+impl AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.tag.write(self.stream, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.tag.flush();
+        Poll::Ready(Ok(()))
+    }
+}
