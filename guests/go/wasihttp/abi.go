@@ -106,7 +106,8 @@ func hostBytes(ptr, n uint32) []byte {
 // the adapter does without a cabi_realloc) is later handed out again by the runtime, which
 // believes it owns everything above its break. So all of it comes from the runtime's break
 // (runtime.sbrk), which the runtime then steps over; until the runtime has set its break
-// (runtime.bloc == 0), from a static buffer.
+// (runtime.bloc == 0), from a static buffer. (With Go 1.27 the adapter's first call was seen
+// to come after the break is set, inside _initialize; the buffer is a safety net.)
 //
 // (1) is a per-call arena: the glue copies every result into Go memory right after the call
 // and resets the arena, so an instance serving a million requests does not grow.
