@@ -219,7 +219,7 @@ pub async fn run(
             }
         }
     });
-    let access_log = config.access_log.then_some(access_log);
+    let access_log = (config.access_log).then(|| access_log.with_query_values(config.log_query));
     let ctx = server::Ctx::new(
         router,
         config.limits.clone(),

@@ -196,6 +196,11 @@ pub struct Settings {
     #[arg(long, env = "FIBHOST_DISABLE_LOGGING", num_args = 0..=1, default_missing_value = "true")]
     pub disable_logging: Option<bool>,
 
+    /// Log query strings in the access log with their values; `false` keeps only the
+    /// parameter names (`?token=&page=`), for queries that may carry secrets [default: true].
+    #[arg(long, env = "FIBHOST_LOG_QUERY", num_args = 0..=1, default_missing_value = "true")]
+    pub log_query: Option<bool>,
+
     /// Log format [default: text].
     #[arg(long, env = "FIBHOST_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -452,6 +457,7 @@ impl Settings {
             max_component_mib,
             reload_dir,
             admin_insecure,
+            log_query,
             routes,
         } = fallback;
         Settings {
@@ -489,6 +495,7 @@ impl Settings {
             max_component_mib: self.max_component_mib.or(max_component_mib),
             reload_dir: self.reload_dir.or(reload_dir),
             admin_insecure: self.admin_insecure.or(admin_insecure),
+            log_query: self.log_query.or(log_query),
             routes: if self.routes.is_empty() {
                 routes
             } else {
@@ -581,6 +588,7 @@ impl Settings {
             max_component_bytes: mib("max-component-size", max_component_mib)?,
             reload_dir: self.reload_dir,
             access_log: !self.disable_logging.unwrap_or(false),
+            log_query: self.log_query.unwrap_or(true),
             log_format: self.log_format.unwrap_or_default(),
             shutdown_timeout: required_secs(
                 "shutdown-timeout",
@@ -746,6 +754,8 @@ pub struct Config {
     pub limits: HttpLimits,
     /// Whether each request is logged.
     pub access_log: bool,
+    /// Whether the access log shows query values (else only their names).
+    pub log_query: bool,
     /// Format of the process log.
     pub log_format: LogFormat,
     /// Bound on the drain after a shutdown signal.

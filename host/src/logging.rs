@@ -47,6 +47,7 @@ pub fn init(format: LogFormat) -> (AccessLog, WorkerGuard) {
     let access = AccessLog {
         writer: writer.clone(),
         format,
+        query_values: true,
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -63,9 +64,12 @@ pub fn init(format: LogFormat) -> (AccessLog, WorkerGuard) {
 pub struct AccessLog {
     writer: NonBlocking,
     format: LogFormat,
+    /// Whether query values are logged (`log-query`); else only parameter names.
+    query_values: bool,
 }
 
 /// What one access-log line says.
+#[derive(Clone, Copy)]
 pub struct AccessEntry<'a> {
     /// Request method.
     pub method: &'a str,
@@ -91,6 +95,14 @@ thread_local! {
 }
 
 impl AccessLog {
+    /// This log, showing query values or (`false`) only the parameter names.
+    pub fn with_query_values(self, query_values: bool) -> AccessLog {
+        AccessLog {
+            query_values,
+            ..self
+        }
+    }
+
     /// Counts the log lines (access and process log alike) dropped because the queue to the
     /// writer thread was full: stderr's reader fell behind.
     pub fn dropped_lines(&self) -> ErrorCounter {
@@ -99,6 +111,17 @@ impl AccessLog {
 
     /// Writes `entry` (through the background writer: never blocks on the terminal or pipe).
     pub fn write(&self, entry: &AccessEntry<'_>) {
+        let redacted;
+        let entry = match entry.path.split_once('?') {
+            Some((path, query)) if !self.query_values => {
+                redacted = format!("{path}?{}", query_names(query));
+                &AccessEntry {
+                    path: &redacted,
+                    ..*entry
+                }
+            }
+            _ => entry,
+        };
         SCRATCH.with(|scratch| {
             let (line, cached_secs, cached_date) = &mut *scratch.borrow_mut();
             line.clear();
@@ -148,6 +171,18 @@ impl AccessLog {
     }
 }
 
+/// A query string with its values dropped: `a=1&b&c=x` → `a=&b&c=`.
+fn query_names(query: &str) -> String {
+    let names: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => format!("{name}="),
+            None => pair.to_string(),
+        })
+        .collect();
+    names.join("&")
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) for a Unix time, by the days-to-civil algorithm.
 fn rfc3339_seconds(secs: u64) -> String {
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
@@ -170,7 +205,12 @@ fn rfc3339_seconds(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339_seconds;
+    use super::{query_names, rfc3339_seconds};
+
+    #[test]
+    fn query_values_can_be_left_out() {
+        assert_eq!(query_names("token=s3cret&page=2&flag"), "token=&page=&flag");
+    }
 
     #[test]
     fn civil_dates() {

@@ -156,3 +156,19 @@ async fn a_request_id_joins_the_access_line_guest_output_and_warnings() {
     let line = output.lines().find(|l| l.contains("path=/count")).unwrap();
     assert!(!line.contains("request_id=a b"), "{line}");
 }
+
+/// `log-query = false` keeps query values (which may carry secrets) out of the access log.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_values_can_be_kept_out_of_the_access_log() {
+    let server = start(guests::TESTBED, &["--workers", "1", "--log-query", "false"]);
+    let reply = Http::new()
+        .get(&server.url("/count?token=s3cret&page=2"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    server.wait_for_output(
+        "path=/count?token=&page= status=200",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(!server.output().contains("s3cret"), "{}", server.output());
+}
