@@ -164,4 +164,6 @@ conformance! {
     // a fresh instance per request, which fibhost's ready spares provide.
     javascript => built("js-fib.wasm"), "--max-requests", "1";
     c => built("c-fib.wasm");
+    go => built("go-fib.wasm");
+    zig => built("zig-fib.wasm");
 }
