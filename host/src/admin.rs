@@ -35,7 +35,7 @@ use crate::error::json_response;
 use crate::metrics::Metrics;
 use crate::routes::Router;
 use crate::server::{self, Draining};
-use crate::swap::{SwapError, Swapper};
+use crate::swap::{Force, SwapError, Swapper};
 
 /// Most admin (and stats) connections open at once: scrapers and operators, not traffic.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
@@ -205,14 +205,17 @@ async fn handle(ctx: &Arc<Ctx>, request: Request<Incoming>) -> Response<Full<Byt
 async fn reload(ctx: &Arc<Ctx>, query: &str) -> Response<Full<Bytes>> {
     let mut route = None;
     let mut component = None;
+    let mut force = Force::IfChanged;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
             "route" => route = Some(value.into_owned()),
             "component" => component = Some(PathBuf::from(value.as_ref())),
+            "force" if matches!(value.as_ref(), "1" | "true") => force = Force::Always,
+            "force" if matches!(value.as_ref(), "0" | "false") => force = Force::IfChanged,
             other => {
                 return json_response(
                     StatusCode::BAD_REQUEST,
-                    &json!({"error": format!("unknown parameter `{other}`; use `route` and `component`")}),
+                    &json!({"error": format!("unknown parameter `{other}`; use `route`, `component` and `force`")}),
                 );
             }
         }
@@ -225,7 +228,8 @@ async fn reload(ctx: &Arc<Ctx>, query: &str) -> Response<Full<Bytes>> {
     // The swap runs in a task of its own: a client that disconnects mid-swap must not leave
     // it half-done (new version serving, old path recorded, nothing logged or counted).
     let swapper = ctx.swapper.clone();
-    let swap = tokio::spawn(async move { swapper.reload(route.as_deref(), component).await });
+    let swap =
+        tokio::spawn(async move { swapper.reload(route.as_deref(), component, force).await });
     let Ok(outcome) = swap.await else {
         return json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -233,10 +237,14 @@ async fn reload(ctx: &Arc<Ctx>, query: &str) -> Response<Full<Bytes>> {
         );
     };
     match outcome {
-        Ok(swapped) => json_response(
-            StatusCode::OK,
-            &json!({"status": "swapped", "routes": swapped}),
-        ),
+        Ok(swapped) => {
+            let any = swapped.iter().any(|s| s.changed);
+            let status = if any { "swapped" } else { "unchanged" };
+            json_response(
+                StatusCode::OK,
+                &json!({"status": status, "routes": swapped}),
+            )
+        }
         Err(e) => {
             let status = match e {
                 SwapError::NoSuchRoute(_) => StatusCode::NOT_FOUND,
@@ -283,7 +291,10 @@ fn status(ctx: &Ctx) -> Value {
                 .map_or(0, |d| d.as_secs());
             json!({
                 "route": r.prefix(),
-                "component": version.path,
+                // The file serving now (an admin reload may have named another), and the one
+                // the config names, which SIGHUP loads.
+                "component": r.component(),
+                "configured_component": r.config.component,
                 "sha256": version.sha256,
                 "loaded_at": loaded,
                 "workers": r.pool.workers(),

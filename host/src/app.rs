@@ -189,9 +189,9 @@ pub async fn run(
             tokio::spawn(admin::serve_stats_socket(listener, ctx));
         }
     }
-    let _watcher = (config.watch)
-        .then(|| swapper.clone().watch())
-        .transpose()?;
+    if config.watch {
+        swapper.clone().watch()?;
+    }
     let threads = shards.len();
     tokio::spawn({
         let (swapper, tls) = (swapper.clone(), tls.clone());

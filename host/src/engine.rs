@@ -155,6 +155,14 @@ impl Loader {
         })
     }
 
+    /// The SHA-256 of the component file at `path` (read with the same checks as [`load`]),
+    /// to tell whether a reload would change anything before compiling.
+    ///
+    /// [`load`]: Loader::load
+    pub fn fingerprint(&self, path: &Path) -> Result<String> {
+        Ok(sha256_hex(&read_component(path, self.max_bytes)?))
+    }
+
     /// Reads, compiles (or fetches from the cache) and checks the component at `path`.
     /// CPU-heavy: call it off the request path (`spawn_blocking` once serving).
     pub fn load(&self, path: &Path) -> Result<Version> {

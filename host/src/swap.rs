@@ -25,6 +25,16 @@ use crate::routes::{Route, Router};
 /// How long the watcher waits for a file to stop changing before it reloads.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// Whether a reload of content identical to the running version does anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Force {
+    /// Identical content is a no-op (logged): SIGHUP with unchanged files recycles nothing.
+    IfChanged,
+    /// Reload even identical content: every worker gets a fresh instance (`touch` under
+    /// `watch`, uWSGI's `touch-reload`; `force=1` on the admin API).
+    Always,
+}
+
 /// What one route's swap did.
 #[derive(Debug, Serialize)]
 pub struct Swapped {
@@ -38,6 +48,8 @@ pub struct Swapped {
     pub previous: String,
     /// Workers still finishing a request on the previous version when the swap returned.
     pub still_draining: usize,
+    /// False when the content was identical and nothing was done.
+    pub changed: bool,
 }
 
 /// Why a reload did not happen.
@@ -67,6 +79,9 @@ pub struct Swapper {
     live: LiveInstances,
     metrics: Arc<Metrics>,
     one_at_a_time: Mutex<()>,
+    /// The file watcher, once `watch` started it: a swap to a file in another directory adds
+    /// that directory, so the watcher always follows the file each route serves.
+    watcher: std::sync::Mutex<Option<notify::RecommendedWatcher>>,
 }
 
 impl Swapper {
@@ -83,15 +98,18 @@ impl Swapper {
             live,
             metrics,
             one_at_a_time: Mutex::new(()),
+            watcher: std::sync::Mutex::new(None),
         }
     }
 
     /// Reloads `route` (all routes when `None`) from `component` (its current file when
-    /// `None`).
+    /// `None`). With [`Force::IfChanged`], a file identical to the running version is left
+    /// alone.
     pub async fn reload(
         &self,
         route: Option<&str>,
         component: Option<PathBuf>,
+        force: Force,
     ) -> Result<Vec<Swapped>, SwapError> {
         let routes = self.router.routes();
         let targets: Vec<&Route> = match route {
@@ -109,9 +127,12 @@ impl Swapper {
         let mut swapped = Vec::new();
         for target in targets {
             let path = component.clone().unwrap_or_else(|| target.component());
-            match self.swap_route(target, &path).await {
+            match self.swap_route(target, &path, force).await {
                 Ok(done) => {
-                    self.metrics.count_swap(target.prefix(), "ok");
+                    if done.changed {
+                        self.metrics.count_swap(target.prefix(), "ok");
+                        self.follow(&path);
+                    }
                     swapped.push(done);
                 }
                 Err(e) => {
@@ -128,7 +149,25 @@ impl Swapper {
         Ok(swapped)
     }
 
-    async fn swap_route(&self, route: &Route, path: &Path) -> Result<Swapped> {
+    async fn swap_route(&self, route: &Route, path: &Path, force: Force) -> Result<Swapped> {
+        let previous = route.pool.version();
+        if force == Force::IfChanged && path == route.component() {
+            let (loader, owned) = (self.loader.clone(), path.to_path_buf());
+            let sha = tokio::task::spawn_blocking(move || loader.fingerprint(&owned))
+                .await
+                .context("the read task failed")??;
+            if sha == previous.sha256 {
+                tracing::info!(route = %route.prefix(), component = %path.display(), version = previous.short(), "component unchanged; nothing to swap");
+                return Ok(Swapped {
+                    route: route.prefix().to_string(),
+                    component: path.to_path_buf(),
+                    version: sha,
+                    previous: previous.sha256.clone(),
+                    still_draining: 0,
+                    changed: false,
+                });
+            }
+        }
         let loader = self.loader.clone();
         let owned = path.to_path_buf();
         let version = tokio::task::spawn_blocking(move || loader.load(&owned))
@@ -141,7 +180,6 @@ impl Swapper {
             let timeout = route.config.lifecycle.request_timeout;
             instance.warm_up(warmup, timeout).await?;
         }
-        let previous = route.pool.version();
         let report = route.pool.swap(version).await?;
         route.set_component(path.to_path_buf());
         tracing::info!(
@@ -157,7 +195,19 @@ impl Swapper {
             version: report.version.sha256.clone(),
             previous: previous.sha256.clone(),
             still_draining: report.still_draining,
+            changed: true,
         })
+    }
+
+    /// Makes the watcher (if running) watch the directory of `path` too.
+    fn follow(&self, path: &Path) {
+        use notify::Watcher as _;
+        let mut watcher = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(watcher), Some(dir)) = (watcher.as_mut(), parent(path))
+            && let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the new component's directory");
+        }
     }
 
     /// On SIGHUP: reloads every route from the component path the re-read `config` names for
@@ -185,9 +235,8 @@ impl Swapper {
             if new.workers != running.workers || new.lifecycle != running.lifecycle {
                 tracing::warn!(route = %route.prefix(), "SIGHUP: worker count and limits changes need a restart; reloading the component only");
             }
-            let reloaded = self
-                .reload(Some(route.prefix()), Some(new.component.clone()))
-                .await;
+            let component = Some(new.component.clone());
+            let reloaded = (self.reload(Some(route.prefix()), component, Force::IfChanged)).await;
             if let Err(e) = reloaded {
                 tracing::error!(error = %e, "SIGHUP: reload failed");
             }
@@ -197,16 +246,21 @@ impl Swapper {
         }
     }
 
-    /// Watches every route's component file and hot-swaps a route when its file's content
-    /// changes. Watches the parent directory so atomic renames and in-place copies are both
-    /// seen; waits for [`WATCH_DEBOUNCE`] of quiet, then compares the content hash with the
-    /// running version.
-    pub fn watch(self: Arc<Self>) -> Result<notify::RecommendedWatcher> {
+    /// Watches the file each route serves and hot-swaps the route when the file changes.
+    /// Watches the parent directory so atomic renames and in-place copies are both seen;
+    /// waits for [`WATCH_DEBOUNCE`] of quiet, then looks at the file: new content swaps; the
+    /// same content with a new modification time (`touch`) forces a reload, like uWSGI's
+    /// `touch-reload`; content that was already rejected is not tried again until it changes,
+    /// so a broken file is logged once, not on every event.
+    pub fn watch(self: Arc<Self>) -> Result<()> {
         use notify::Watcher as _;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
+                // Reads (ours included: loading the file) are not changes.
+                if let Ok(event) = event
+                    && !matches!(event.kind, notify::EventKind::Access(_))
+                {
                     for path in event.paths {
                         let _ = tx.send(path);
                     }
@@ -223,7 +277,16 @@ impl Swapper {
                 .watch(dir, notify::RecursiveMode::NonRecursive)
                 .with_context(|| format!("cannot watch `{}`", dir.display()))?;
         }
+        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
         tokio::spawn(async move {
+            // Per route: the file's state at the last look, and content that failed to load.
+            let mut seen: HashMap<String, (FileState, Option<String>)> = HashMap::new();
+            for route in self.router.routes() {
+                seen.insert(
+                    route.prefix().into(),
+                    (FileState::of(&route.component()), None),
+                );
+            }
             while let Some(first) = rx.recv().await {
                 let mut changed = vec![first];
                 while let Ok(Some(path)) = tokio::time::timeout(WATCH_DEBOUNCE, rx.recv()).await {
@@ -231,15 +294,54 @@ impl Swapper {
                 }
                 for route in self.router.routes() {
                     let file = route.component();
-                    let touched = changed.iter().any(|p| same_file(p, &file));
-                    if touched && content_changed(route, &file) {
-                        tracing::info!(route = %route.prefix(), component = %file.display(), "component file changed; swapping");
-                        let _ = self.reload(Some(route.prefix()), Some(file)).await;
+                    if !changed.iter().any(|p| same_file(p, &file)) {
+                        continue;
                     }
+                    let (last, rejected) = seen.entry(route.prefix().into()).or_default();
+                    let now = FileState::of(&file);
+                    if now == *last || now.sha.is_none() {
+                        continue; // Nothing new, or missing for a moment during a replace.
+                    }
+                    let running = route.pool.version().sha256.clone();
+                    let force = match &now.sha {
+                        Some(sha) if *sha == running => Force::Always,
+                        Some(sha) if rejected.as_ref() == Some(sha) => {
+                            tracing::debug!(route = %route.prefix(), component = %file.display(), "component file touched, but this content was rejected already; waiting for new content");
+                            continue;
+                        }
+                        _ => Force::IfChanged,
+                    };
+                    *last = now.clone();
+                    let why = if force == Force::Always {
+                        "touched; reloading"
+                    } else {
+                        "changed; swapping"
+                    };
+                    tracing::info!(route = %route.prefix(), component = %file.display(), "component file {why}");
+                    let outcome = self.reload(Some(route.prefix()), Some(file), force).await;
+                    *rejected = outcome.is_err().then(|| now.sha.clone()).flatten();
                 }
             }
         });
-        Ok(watcher)
+        Ok(())
+    }
+}
+
+/// What the watcher knows of a file: its content hash and modification time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FileState {
+    sha: Option<String>,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileState {
+    fn of(path: &Path) -> FileState {
+        FileState {
+            sha: std::fs::read(path)
+                .ok()
+                .map(|b| crate::engine::sha256_hex(&b)),
+            modified: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        }
     }
 }
 
@@ -252,13 +354,5 @@ fn same_file(event_path: &Path, file: &Path) -> bool {
     match (std::path::absolute(event_path), std::path::absolute(file)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
-    }
-}
-
-fn content_changed(route: &Route, file: &Path) -> bool {
-    match std::fs::read(file) {
-        Ok(bytes) => crate::engine::sha256_hex(&bytes) != route.pool.version().sha256,
-        // Missing for a moment during a replace: the event that completes it comes next.
-        Err(_) => false,
     }
 }

@@ -358,3 +358,76 @@ async fn a_device_is_not_a_component() {
         reply.text()
     );
 }
+
+/// Under `watch`: `touch` on the served file reloads it (uWSGI's touch-reload), a broken file
+/// is tried once per distinct content (not on every event), and SIGHUP with unchanged files
+/// recycles nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_touch_reloads_broken_files_are_tried_once_and_unchanged_sighup_is_a_no_op() {
+    let dir = temp_dir("touch");
+    let file = dir.join("app.wasm");
+    std::fs::copy(guests::TESTBED, &file).unwrap();
+    let config = dir.join("fibhost.toml");
+    let toml = format!("component = {file:?}\nworkers = 1\nwatch = true\n");
+    std::fs::write(&config, toml).unwrap();
+    // Debug level for the watcher: it says when it ignores a file it already rejected, which
+    // is what the test waits for instead of sleeping.
+    let mut command = std::process::Command::new(fibhost());
+    command
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info,fibhost::swap=debug");
+    let server = Server::spawn(command).unwrap_or_else(|e| panic!("{e:?}"));
+    let http = Http::new();
+    let count = async || -> u64 {
+        let reply = http.get(&server.url("/count")).await.unwrap();
+        reply.text().parse().unwrap()
+    };
+    let limit = Duration::from_secs(30);
+
+    // SIGHUP, nothing changed: logged, and the instance keeps counting.
+    assert_eq!(count().await, 1);
+    server.signal("HUP");
+    server.wait_for_output("component unchanged; nothing to swap", limit);
+    assert_eq!(
+        count().await,
+        2,
+        "an unchanged SIGHUP recycled the instance"
+    );
+
+    // `touch`: same content, new modification time: a fresh instance.
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2030-01-01 00:00:00"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    server.wait_for_output("component file touched; reloading", limit);
+    eventually(limit, "a fresh instance after touch", || async {
+        (count().await == 1).then_some(())
+    })
+    .await;
+
+    // A broken file: rejected once; touching it again does not retry it.
+    std::fs::write(&file, b"not a component").unwrap();
+    server.wait_for_output("swap rejected", limit);
+    let status = std::process::Command::new("touch")
+        .args(["-d", "2031-01-01 00:00:00"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.wait_for_output("this content was rejected already", limit);
+    // The fixed file swaps; by then any retry of the broken one would have been logged.
+    std::fs::copy(guests::TESTBED_V2, &file).unwrap();
+    eventually(limit, "v2 serving", || async {
+        (http.get(&server.url("/version")).await.ok()?.text() == "v2").then_some(())
+    })
+    .await;
+    let rejections = server.output().matches("swap rejected").count();
+    assert_eq!(rejections, 1, "{}", server.output());
+}
