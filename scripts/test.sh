@@ -11,6 +11,8 @@ scripts/build-lang-guests.sh
 # Every guest language must be built and pass: a missing one fails the suite, never skips.
 export FIBHOST_REQUIRE_ALL_GUESTS=1
 scripts/build-guests.sh
+# The WSGI examples (the article's Flask app and the bridge's test app) and uWSGI to compare.
+scripts/build-wsgi-examples.sh
 
 say "cargo fmt --check"
 cargo fmt --all --check

@@ -17,7 +17,8 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use fibhost::config::{RouteConfig, Settings};
 use fibhost::engine::{Loader, new_engine, start_epoch_ticker};
-use fibhost::guest::{Instance, LiveInstances, reply};
+use fibhost::guest::{Instance, LiveInstances, Setup, reply};
+use fibhost::outbound::Outbound;
 use fibhost::outcome::Outcome;
 use fibhost::request_id::RequestIds;
 use http_body_util::{BodyExt, Empty};
@@ -55,7 +56,12 @@ async fn measure(component: PathBuf) -> Result<()> {
     let version = Loader::new(engine, None, u64::MAX)?
         .load(&component)
         .with_context(|| format!("cannot load {}", component.display()))?;
-    let mut instance = Instance::new(&version, &spec, &LiveInstances::default()).await?;
+    let setup = Setup {
+        route: std::sync::Arc::new(spec.clone()),
+        live: LiveInstances::default(),
+        outbound: std::sync::Arc::new(Outbound::new("/", &spec.outbound, Default::default())),
+    };
+    let mut instance = Instance::new(&version, &setup).await?;
     let ids = RequestIds::default();
     let mut best = f64::INFINITY;
     for _ in 0..ROUNDS {

@@ -13,9 +13,10 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::engine::{self, Loader};
-use crate::guest::{Instance, LiveInstances};
+use crate::guest::{Instance, LiveInstances, Setup};
 use crate::logging::AccessLog;
 use crate::metrics::Metrics;
+use crate::outbound::Outbound;
 use crate::pool::Pool;
 use crate::routes::{self, Route, Router};
 use crate::server::{self, Draining};
@@ -66,16 +67,22 @@ impl App {
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let route = Arc::new(route.clone());
+            let outbound = Outbound::new(&route.prefix, &route.outbound, metrics.outbound());
+            let setup = Setup {
+                route: route.clone(),
+                live: live.clone(),
+                outbound: Arc::new(outbound),
+            };
             let version = loader.load(&route.component)?;
             if let Some(path) = &route.warmup {
-                let mut instance = Instance::new(&version, &route, &live).await?;
+                let mut instance = Instance::new(&version, &setup).await?;
                 let timeout = route.lifecycle.request_timeout;
                 (instance.warm_up(path, timeout).await).with_context(|| {
                     format!("the component for `{}` failed its warm-up", route.prefix)
                 })?;
             }
             tracing::info!(route = %route.prefix, version = %version.id, workers = route.workers, "component loaded");
-            let pool = Pool::start(route.clone(), version, &shards, &live).await?;
+            let pool = Pool::start(setup, version, &shards).await?;
             routes.push(Route::new(
                 route.clone(),
                 pool,
@@ -86,7 +93,7 @@ impl App {
         metrics.register_collectors(pools, live.clone(), access_log.dropped_lines());
         let router = Arc::new(Router::new(routes, metrics.route("")));
         let metrics = Arc::new(metrics);
-        let swapper = Arc::new(Swapper::new(router.clone(), loader, live, metrics.clone()));
+        let swapper = Arc::new(Swapper::new(router.clone(), loader, metrics.clone()));
         Ok(App {
             config,
             router,

@@ -15,6 +15,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
+pub use crate::grant::Grant;
+
 /// Default address: loopback, so that a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default for the bounded wait queue, per component: requests that wait for a free worker.
@@ -44,6 +46,12 @@ pub const DEFAULT_MAX_COMPONENT_MIB: u64 = 256;
 pub const MAX_HEADER_KIB: u64 = 1024;
 /// Most accepted `memory-limit`, MiB (wasm32 addresses 4 GiB).
 pub const MAX_MEMORY_LIMIT_MIB: u64 = 4096;
+/// Default cap on connections to one outbound destination, per route.
+pub const DEFAULT_OUTBOUND_MAX_CONNECTIONS: usize = 16;
+/// Default time to open an outbound connection.
+pub const DEFAULT_OUTBOUND_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// Default time an outbound request waits for its response head.
+pub const DEFAULT_OUTBOUND_FIRST_BYTE_TIMEOUT_SECS: u64 = 30;
 /// Default cap on simultaneously open client connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Most accepted `--threads`.
@@ -251,6 +259,37 @@ pub struct Settings {
     #[arg(long, env = "FIBHOST_WARMUP", value_name = "PATH")]
     pub warmup: Option<String>,
 
+    /// Destinations the guest may send HTTP requests to: `scheme://host[:port]`, `*.domain`
+    /// for any subdomain. Repeatable. Default: none (every outgoing request is denied).
+    #[arg(
+        long = "allow-outbound",
+        env = "FIBHOST_ALLOW_OUTBOUND",
+        value_name = "URL"
+    )]
+    pub allow_outbound: Option<Vec<String>>,
+
+    /// Most connections open at once to one outbound destination, per route [default: 16].
+    #[arg(long, env = "FIBHOST_OUTBOUND_MAX_CONNECTIONS")]
+    pub outbound_max_connections: Option<usize>,
+
+    /// Seconds an outbound connection (TCP and TLS) may take to open [default: 5].
+    #[arg(
+        long = "outbound-connect-timeout",
+        env = "FIBHOST_OUTBOUND_CONNECT_TIMEOUT",
+        value_name = "SECS"
+    )]
+    #[serde(rename = "outbound-connect-timeout")]
+    pub outbound_connect_timeout_secs: Option<f64>,
+
+    /// Seconds an outbound request may wait for the response head [default: 30].
+    #[arg(
+        long = "outbound-first-byte-timeout",
+        env = "FIBHOST_OUTBOUND_FIRST_BYTE_TIMEOUT",
+        value_name = "SECS"
+    )]
+    #[serde(rename = "outbound-first-byte-timeout")]
+    pub outbound_first_byte_timeout_secs: Option<f64>,
+
     /// PEM certificate chain: serve HTTPS (HTTP/2 via ALPN) instead of cleartext.
     #[arg(
         long,
@@ -352,6 +391,16 @@ pub struct RouteSettings {
     pub env: Option<Vec<String>>,
     /// As the top-level key of the same name.
     pub warmup: Option<String>,
+    /// As the top-level key of the same name.
+    pub allow_outbound: Option<Vec<String>>,
+    /// As the top-level key of the same name.
+    pub outbound_max_connections: Option<usize>,
+    /// As the top-level key of the same name.
+    #[serde(rename = "outbound-connect-timeout")]
+    pub outbound_connect_timeout_secs: Option<f64>,
+    /// As the top-level key of the same name.
+    #[serde(rename = "outbound-first-byte-timeout")]
+    pub outbound_first_byte_timeout_secs: Option<f64>,
 }
 
 impl RouteSettings {
@@ -373,6 +422,10 @@ impl RouteSettings {
             memory_limit_mib,
             env,
             warmup,
+            allow_outbound,
+            outbound_max_connections,
+            outbound_connect_timeout_secs,
+            outbound_first_byte_timeout_secs,
         } = self.clone();
         Settings {
             component: Some(component),
@@ -387,6 +440,10 @@ impl RouteSettings {
             memory_limit_mib,
             env,
             warmup,
+            allow_outbound,
+            outbound_max_connections,
+            outbound_connect_timeout_secs,
+            outbound_first_byte_timeout_secs,
             ..Settings::default()
         }
     }
@@ -458,6 +515,10 @@ impl Settings {
             reload_dir,
             admin_insecure,
             log_query,
+            allow_outbound,
+            outbound_max_connections,
+            outbound_connect_timeout_secs,
+            outbound_first_byte_timeout_secs,
             routes,
         } = fallback;
         Settings {
@@ -496,6 +557,14 @@ impl Settings {
             reload_dir: self.reload_dir.or(reload_dir),
             admin_insecure: self.admin_insecure.or(admin_insecure),
             log_query: self.log_query.or(log_query),
+            allow_outbound: self.allow_outbound.or(allow_outbound),
+            outbound_max_connections: self.outbound_max_connections.or(outbound_max_connections),
+            outbound_connect_timeout_secs: self
+                .outbound_connect_timeout_secs
+                .or(outbound_connect_timeout_secs),
+            outbound_first_byte_timeout_secs: self
+                .outbound_first_byte_timeout_secs
+                .or(outbound_first_byte_timeout_secs),
             routes: if self.routes.is_empty() {
                 routes
             } else {
@@ -651,6 +720,18 @@ impl Settings {
             )?,
             memory_limit_bytes: memory_limit_mib * MIB,
         };
+        let outbound_max_connections = self
+            .outbound_max_connections
+            .unwrap_or(DEFAULT_OUTBOUND_MAX_CONNECTIONS);
+        if outbound_max_connections == 0 {
+            bail!("`outbound-max-connections` must be at least 1");
+        }
+        let grants = (self.allow_outbound.iter().flatten())
+            .map(|g| {
+                g.parse()
+                    .with_context(|| format!("`allow-outbound` entry `{g}`"))
+            })
+            .collect::<Result<Vec<Grant>>>()?;
         Ok(RouteConfig {
             prefix: prefix.to_string(),
             strip_prefix,
@@ -660,6 +741,20 @@ impl Settings {
             lifecycle,
             env,
             warmup: self.warmup.clone(),
+            outbound: OutboundConfig {
+                grants,
+                max_connections: outbound_max_connections,
+                connect_timeout: positive_secs(
+                    "outbound-connect-timeout",
+                    self.outbound_connect_timeout_secs,
+                    DEFAULT_OUTBOUND_CONNECT_TIMEOUT_SECS,
+                )?,
+                first_byte_timeout: positive_secs(
+                    "outbound-first-byte-timeout",
+                    self.outbound_first_byte_timeout_secs,
+                    DEFAULT_OUTBOUND_FIRST_BYTE_TIMEOUT_SECS,
+                )?,
+            },
         })
     }
 }
@@ -808,6 +903,21 @@ pub struct RouteConfig {
     pub env: Vec<(String, String)>,
     /// Path requested from a new version before it takes traffic.
     pub warmup: Option<String>,
+    /// What the guest may send out.
+    pub outbound: OutboundConfig,
+}
+
+/// Outgoing HTTP of one route's guests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundConfig {
+    /// Destinations granted; empty = none.
+    pub grants: Vec<Grant>,
+    /// Connections open at once per destination.
+    pub max_connections: usize,
+    /// Time to open a connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Time to the response head.
+    pub first_byte_timeout: Duration,
 }
 
 /// Recycling limits and per-request limits of one component's instances.

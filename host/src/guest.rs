@@ -23,6 +23,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::config::RouteConfig;
 use crate::engine::{Version, VersionId};
 use crate::error::ServeError;
+use crate::outbound::Outbound;
 use crate::outcome::Outcome;
 use crate::request_id::RequestId;
 use crate::state::{GuestState, OutputTag};
@@ -89,6 +90,18 @@ impl LiveInstances {
     }
 }
 
+/// What every instance of one route is made with: its settings, the server's instance count
+/// and the route's outbound client.
+#[derive(Clone)]
+pub struct Setup {
+    /// The route's resolved settings.
+    pub route: Arc<RouteConfig>,
+    /// The server's live-instance count.
+    pub live: LiveInstances,
+    /// The route's outbound HTTP client (grants, pool, limits).
+    pub outbound: Arc<Outbound>,
+}
+
 /// A live guest instance.
 pub struct Instance {
     store: Store<GuestState>,
@@ -103,9 +116,10 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Creates an instance of `version` for `route`. Cheap with the pooling allocator; still
-    /// kept off the request path by the pool's ready spares.
-    pub async fn new(version: &Version, route: &RouteConfig, live: &LiveInstances) -> Result<Self> {
+    /// Creates an instance of `version` as `setup` says. Cheap with the pooling allocator;
+    /// still kept off the request path by the pool's ready spares.
+    pub async fn new(version: &Version, setup: &Setup) -> Result<Self> {
+        let (route, live) = (&setup.route, &setup.live);
         let memory_bytes = Arc::new(AtomicUsize::new(0));
         let tag = OutputTag::new(Arc::from(route.prefix.as_str()));
         let state = GuestState::new(
@@ -113,6 +127,7 @@ impl Instance {
             &tag,
             route.lifecycle.memory_limit_bytes,
             memory_bytes.clone(),
+            setup.outbound.clone(),
         );
         let mut store = Store::new(version.pre.engine(), state);
         store.limiter(GuestState::limiter);

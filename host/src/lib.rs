@@ -20,6 +20,7 @@
 //! - [`state`]: the data of a guest's store: WASI contexts, memory limiter, output, policy
 //!   for outgoing requests.
 //! - [`outcome`]: what a call into a guest did, and why an instance is recycled.
+//! - [`outbound`]: guests' outgoing HTTP, by grant ([`grant`]: parsing and matching grants).
 //! - [`error`]: every host-side failure and the one place it becomes an HTTP response.
 //!
 //! Around them:
@@ -40,9 +41,11 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod grant;
 pub mod guest;
 pub mod logging;
 pub mod metrics;
+pub mod outbound;
 pub mod outcome;
 pub mod pool;
 pub mod request_id;

@@ -38,6 +38,34 @@ pub struct Metrics {
     durations: Family<Labels, Histogram>,
     in_flight: Family<Labels, Gauge>,
     swaps: Family<Labels, Counter>,
+    outbound: OutboundMetrics,
+}
+
+/// Outbound requests by route, destination and status class, and errors by kind.
+#[derive(Clone, Default)]
+pub struct OutboundMetrics {
+    responses: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+}
+
+impl OutboundMetrics {
+    /// Counts a response from `destination` with `status`.
+    pub fn response(&self, route: &str, destination: &str, status: u16) {
+        let class =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from((status / 100).clamp(1, 5)) - 1];
+        let labels = vec![
+            ("route", route.to_string()),
+            ("destination", destination.to_string()),
+            ("class", class.to_string()),
+        ];
+        self.responses.get_or_create(&labels).inc();
+    }
+
+    /// Counts an outbound request that failed with `kind` (denied, refused, timeout…).
+    pub fn error(&self, route: &str, kind: &'static str) {
+        let labels = vec![("route", route.to_string()), ("kind", kind.to_string())];
+        self.errors.get_or_create(&labels).inc();
+    }
 }
 
 /// One route's request-path handles, resolved once; a clone is one reference count.
@@ -110,13 +138,30 @@ impl Metrics {
             "Component swaps by outcome (ok, rejected)",
             swaps.clone(),
         );
+        let outbound = OutboundMetrics::default();
+        registry.register(
+            "fibhost_outbound_requests",
+            "Responses to guests' outbound requests, by route, destination and status class",
+            outbound.responses.clone(),
+        );
+        registry.register(
+            "fibhost_outbound_errors",
+            "Guests' outbound requests that failed, by route and kind (denied, refused, timeout…)",
+            outbound.errors.clone(),
+        );
         Metrics {
             registry,
             requests,
             durations,
             in_flight,
             swaps,
+            outbound,
         }
+    }
+
+    /// The outbound request counters (shared by every route's client).
+    pub fn outbound(&self) -> OutboundMetrics {
+        self.outbound.clone()
     }
 
     /// Counts one swap of `route` with `result` (`ok` or `rejected`).

@@ -14,6 +14,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks};
 
+use crate::outbound::{Outbound, Sent};
 use crate::request_id::RequestId;
 
 /// Most table elements a guest may grow a table to (function references, not memory).
@@ -27,18 +28,20 @@ pub struct GuestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: NoOutgoingRequests,
+    hooks: OutgoingPolicy,
     memory: MemoryLimiter,
 }
 
 impl GuestState {
-    /// A store's data for a guest that sees `env`, writes its output tagged by `tag`, and may
-    /// grow its memories to `memory_limit_bytes` in all, tracked in `memory_bytes`.
+    /// A store's data for a guest that sees `env`, writes its output tagged by `tag`, may
+    /// grow its memories to `memory_limit_bytes` in all (tracked in `memory_bytes`), and sends
+    /// HTTP requests through `outbound`.
     pub fn new(
         env: &[(String, String)],
         tag: &Arc<OutputTag>,
         memory_limit_bytes: u64,
         memory_bytes: Arc<AtomicUsize>,
+        outbound: Arc<Outbound>,
     ) -> GuestState {
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(env)
@@ -48,7 +51,7 @@ impl GuestState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: NoOutgoingRequests,
+            hooks: OutgoingPolicy(outbound),
             memory: MemoryLimiter {
                 limit_bytes: usize::try_from(memory_limit_bytes).unwrap_or(usize::MAX),
                 bytes: memory_bytes,
@@ -81,27 +84,20 @@ impl wasmtime_wasi_http::WasiHttpView for GuestState {
     }
 }
 
-/// Outgoing HTTP (`wasi:http/outgoing-handler`) is linked, because the proxy world imports
-/// it, but a guest gets no network: every request is refused.
-struct NoOutgoingRequests;
+/// Outgoing HTTP (`wasi:http/outgoing-handler`): through the route's client, which refuses
+/// every destination not granted by `allow-outbound` (by default, all of them).
+struct OutgoingPolicy(Arc<Outbound>);
 
 type SendFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
 
-impl WasiHttpHooks for NoOutgoingRequests {
+impl WasiHttpHooks for OutgoingPolicy {
     fn send_request(
         &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: SendFuture,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (http::Response<wasmtime_wasi_http::WasiBody>, SendFuture),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::DestinationIpProhibited) })
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        Box::new(self.0.clone().send(request, options))
     }
 }
 

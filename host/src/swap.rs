@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::engine::Loader;
-use crate::guest::{Instance, LiveInstances};
+use crate::guest::Instance;
 use crate::metrics::Metrics;
 use crate::routes::{Route, Router};
 
@@ -76,7 +76,6 @@ pub enum SwapError {
 pub struct Swapper {
     router: Arc<Router>,
     loader: Loader,
-    live: LiveInstances,
     metrics: Arc<Metrics>,
     one_at_a_time: Mutex<()>,
     /// The file watcher, once `watch` started it: a swap to a file in another directory adds
@@ -86,16 +85,10 @@ pub struct Swapper {
 
 impl Swapper {
     /// A swapper over `router`'s routes, loading with `loader`, counting in `metrics`.
-    pub fn new(
-        router: Arc<Router>,
-        loader: Loader,
-        live: LiveInstances,
-        metrics: Arc<Metrics>,
-    ) -> Swapper {
+    pub fn new(router: Arc<Router>, loader: Loader, metrics: Arc<Metrics>) -> Swapper {
         Swapper {
             router,
             loader,
-            live,
             metrics,
             one_at_a_time: Mutex::new(()),
             watcher: std::sync::Mutex::new(None),
@@ -174,7 +167,7 @@ impl Swapper {
             .await
             .context("the compile task failed")??;
         if let Some(warmup) = &route.config.warmup {
-            let mut instance = Instance::new(&version, &route.config, &self.live)
+            let mut instance = Instance::new(&version, route.pool.setup())
                 .await
                 .context("the warm-up instance failed to start")?;
             let timeout = route.config.lifecycle.request_timeout;

@@ -6,10 +6,12 @@ mod conformance;
 mod deploy;
 mod lifecycle;
 mod ops;
+mod outbound;
 mod routes;
 mod serving;
 mod startup;
 mod swap;
+mod wsgi;
 
 /// Path of the `fibhost` binary cargo built for this test run.
 fn fibhost() -> &'static str {

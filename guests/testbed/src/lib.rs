@@ -16,6 +16,7 @@
 //! | `/stall` | sends headers and a first chunk, then waits forever |
 //! | `/env?name=X` | the value of environment variable X, or 404 |
 //! | `/echo` | echoes the request body |
+//! | `/fetch?url=SCHEME://HOST:PORT&path=/P` | sends the request's method and body there (outbound HTTP) and streams the answer back; 502 with the error code if the host refuses or it fails |
 //! | anything else | 404 naming the path and query the guest received |
 
 use std::cell::RefCell;
@@ -126,9 +127,65 @@ impl Guest for Testbed {
                     String::from_utf8_lossy(&data).into_owned(),
                 );
             }
+            "/fetch" => {
+                let url = param("url").unwrap_or_default();
+                let path = param("path").unwrap_or_else(|| "/".to_string());
+                fetch(request, response_out, &url, &path);
+            }
             _ => reply(response_out, 404, format!("no such testbed path: {target}")),
         }
     }
+}
+
+/// Sends `request`'s method and body to `url` + `path`, streaming both ways, and answers with
+/// the upstream's status and body; a refusal or failure is a 502 naming the error code.
+fn fetch(request: IncomingRequest, out: ResponseOutparam, url: &str, path: &str) {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+    let Some((scheme, authority)) = url.split_once("://") else {
+        return reply(out, 400, format!("bad url `{url}`"));
+    };
+    let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
+    let outgoing = OutgoingRequest::new(Fields::new());
+    let _ = outgoing.set_method(&request.method());
+    let _ = outgoing.set_scheme(Some(&scheme));
+    let _ = outgoing.set_authority(Some(authority));
+    let _ = outgoing.set_path_with_query(Some(path));
+    let Ok(outgoing_body) = outgoing.body() else {
+        return reply(out, 500, "no outgoing body".to_string());
+    };
+    let future = match outgoing_handler::handle(outgoing, None) {
+        Ok(future) => future,
+        Err(code) => return reply(out, 502, format!("{code:?}")),
+    };
+    // The request body, streamed through.
+    if let Ok(body) = request.consume() {
+        if let (Ok(mut from), Ok(mut to)) = (body.stream(), outgoing_body.write()) {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.flush();
+        }
+        let _ = IncomingBody::finish(body);
+    }
+    let _ = OutgoingBody::finish(outgoing_body, None);
+    let response = loop {
+        match future.get() {
+            Some(result) => break result,
+            None => future.subscribe().block(),
+        }
+    };
+    let response = match response {
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => return reply(out, 502, format!("{code:?}")),
+        Err(()) => return reply(out, 502, "response already taken".to_string()),
+    };
+    let body = start(out, response.status(), None);
+    if let (Ok(incoming), Ok(mut to)) = (response.consume(), body.write()) {
+        if let Ok(mut from) = incoming.stream() {
+            let _ = std::io::copy(&mut from, &mut to);
+        }
+        let _ = to.flush();
+    }
+    let _ = OutgoingBody::finish(body, None);
 }
 
 #[inline(never)]

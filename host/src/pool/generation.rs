@@ -10,9 +10,8 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::sync::Notify;
 
-use crate::config::RouteConfig;
 use crate::engine::Version;
-use crate::guest::{Instance, LiveInstances};
+use crate::guest::{Instance, Setup};
 
 /// Ready spares kept per component in steady state: enough for recycles to be instant, few
 /// enough that idle spares cost little memory.
@@ -36,15 +35,10 @@ pub struct Generation {
 impl Generation {
     /// A generation of `version` holding one ready instance per worker (`workers`), with
     /// room for [`STEADY_SPARES`] more.
-    pub async fn prepare(
-        version: Version,
-        route: &RouteConfig,
-        live: &LiveInstances,
-        workers: usize,
-    ) -> Result<Generation> {
+    pub async fn prepare(version: Version, setup: &Setup, workers: usize) -> Result<Generation> {
         let (spares_tx, spares) = async_channel::bounded(workers + STEADY_SPARES);
         for _ in 0..workers {
-            let instance = Instance::new(&version, route, live).await?;
+            let instance = Instance::new(&version, setup).await?;
             spares_tx
                 .try_send(instance)
                 .expect("capacity covers the initial instances");

@@ -50,7 +50,7 @@ pub use stats::{PoolStats, WorkerStats, unix_now};
 use crate::config::RouteConfig;
 use crate::engine::{Version, VersionId};
 use crate::error::ServeError;
-use crate::guest::{self, GuestRequest, Instance, LiveInstances, Reply};
+use crate::guest::{self, GuestRequest, Instance, Reply, Setup};
 use crate::outcome::{Outcome, Recycle};
 use crate::request_id::RequestId;
 use crate::shards::Shards;
@@ -98,8 +98,9 @@ pub struct Pool {
 }
 
 struct Inner {
+    setup: Setup,
+    /// The route's settings (also in `setup`; here for brevity).
     route: Arc<RouteConfig>,
-    live: LiveInstances,
     /// One per event-loop thread, by shard index (a lane may have no workers).
     lanes: Vec<Lane>,
     generation: watch::Sender<Arc<Generation>>,
@@ -121,15 +122,11 @@ impl Pool {
     /// Creates the pool and all its instances (one per worker), then starts the workers on
     /// the event-loop threads and the spare spawner on the calling runtime. Fails if the
     /// component cannot be instantiated, before any port is bound.
-    pub async fn start(
-        route: Arc<RouteConfig>,
-        version: Version,
-        shards: &Shards,
-        live: &LiveInstances,
-    ) -> Result<Pool> {
+    pub async fn start(setup: Setup, version: Version, shards: &Shards) -> Result<Pool> {
+        let route = setup.route.clone();
         let workers = route.workers;
         let generation = Arc::new(
-            Generation::prepare(version, &route, live, workers)
+            Generation::prepare(version, &setup, workers)
                 .await
                 .with_context(|| {
                     format!("cannot instantiate the component for `{}`", route.prefix)
@@ -150,8 +147,8 @@ impl Pool {
             })
             .collect();
         let inner = Arc::new(Inner {
+            setup,
             route,
-            live: live.clone(),
             lanes,
             generation: watch::Sender::new(generation.clone()),
             swapping: tokio::sync::Mutex::new(()),
@@ -173,6 +170,11 @@ impl Pool {
     /// The route this pool serves.
     pub fn route(&self) -> &RouteConfig {
         &self.inner.route
+    }
+
+    /// What its instances are made with (a swap's warm-up instance too).
+    pub fn setup(&self) -> &Setup {
+        &self.inner.setup
     }
 
     /// Number of workers.
@@ -253,7 +255,7 @@ impl Pool {
         let _one_at_a_time = inner.swapping.lock().await;
         let id = version.id.clone();
         let next = Arc::new(
-            Generation::prepare(version, &inner.route, &inner.live, inner.route.workers)
+            Generation::prepare(version, &inner.setup, inner.route.workers)
                 .await
                 .context("cannot instantiate the new component")?,
         );
@@ -317,7 +319,7 @@ impl Inner {
     /// A new instance of `generation`, counted in the instantiation metrics.
     async fn instantiate(&self, generation: &Generation) -> Result<Instance> {
         let started = Instant::now();
-        let instance = Instance::new(&generation.version, &self.route, &self.live).await?;
+        let instance = Instance::new(&generation.version, &self.setup).await?;
         let micros = started.elapsed().as_micros() as u64;
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         self.stats
