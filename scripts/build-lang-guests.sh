@@ -58,7 +58,7 @@ build_js() {
   grep -q 'wasi:http/incoming-handler@0.2.10' "$engine" \
     || die "the StarlingMonkey engine in node_modules does not export wasi:http/incoming-handler@0.2.10; extract its WIT into wit/<version>/ as wit/0.2.10/world.wit describes, and point this script at it"
   (cd "$dir" && timed "$out" node_modules/.bin/componentize-js app.js --wit "$WIT/0.2.10" --world-name "$WORLD" -o "$out")
-  say "  note: serve js-fib.wasm with --max-requests 1 (StarlingMonkey's fetch event serves one request per instance)"
+  say "  note: StarlingMonkey serves one request per instance; fibhost recognises it and gives each request a fresh instance"
 }
 
 build_c() {

@@ -1,5 +1,5 @@
 //! Builds the Rust test guests for `wasm32-wasip2` and exposes their paths as constants
-//! (`FIB`, `TESTBED`, `TESTBED_V2`), so `cargo test` alone always runs against guests built
+//! (`FIB`, `TESTBED`, `TESTBED_V2`, `TESTBED_HANG`), so `cargo test` alone always runs against guests built
 //! from the current sources.
 
 use std::env;
@@ -27,12 +27,24 @@ fn main() {
         &out.join("v2"),
         &["-p", "testbed", "--features", "testbed/v2"],
     );
+    // Copied out, then the same target directory (dependencies already built) builds the
+    // variant whose start code never returns.
+    let testbed_v2 = out.join("testbed-v2.wasm");
+    std::fs::copy(v2.join("testbed.wasm"), &testbed_v2).unwrap();
+    let hang = build(
+        &root,
+        &out.join("v2"),
+        &["-p", "testbed", "--features", "testbed/hang-at-start"],
+    );
+    let testbed_hang = out.join("testbed-hang.wasm");
+    std::fs::copy(hang.join("testbed.wasm"), &testbed_hang).unwrap();
 
     let mut consts = String::new();
     for (name, path) in [
         ("FIB", v1.join("fib.wasm")),
         ("TESTBED", v1.join("testbed.wasm")),
-        ("TESTBED_V2", v2.join("testbed.wasm")),
+        ("TESTBED_V2", testbed_v2),
+        ("TESTBED_HANG", testbed_hang),
     ] {
         assert!(
             path.exists(),

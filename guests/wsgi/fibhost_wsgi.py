@@ -357,8 +357,8 @@ class Response:
 
 # The environ's entries that are the same for every request (copied, then filled in).
 _ENVIRON_TEMPLATE = {
-    # fibhost's strip-prefix hides a route's prefix from the guest; the app is mounted at the
-    # root of what it sees.
+    # The app is mounted at the root of what it sees, unless fibhost says a route's
+    # strip-prefix removed a prefix (the `fibhost-script-name` header, set only by fibhost).
     "SCRIPT_NAME": "",
     # wasi:http does not tell the request's HTTP version.
     "SERVER_PROTOCOL": "HTTP/1.1",
@@ -417,6 +417,10 @@ def _environ(request, method):
         else:
             # Repeated fields are joined, as a proxy would (cookies with "; ").
             environ[key] = previous + ("; " if key == "HTTP_COOKIE" else ", ") + value
+
+    script_name = environ.pop("HTTP_FIBHOST_SCRIPT_NAME", None)
+    if script_name:
+        environ["SCRIPT_NAME"] = script_name
 
     host = environ.get("HTTP_HOST") or request.authority() or ""
     if host.startswith("["):  # [v6]:port

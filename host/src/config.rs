@@ -921,7 +921,7 @@ pub struct OutboundConfig {
 }
 
 /// Recycling limits and per-request limits of one component's instances.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lifecycle {
     /// Requests an instance serves before it is replaced; 0 = unlimited.
     pub max_requests: u64,

@@ -109,6 +109,11 @@ pub struct Version {
 /// The identity of a loaded component: its content hash and when it was loaded.
 #[derive(Debug)]
 pub struct VersionId {
+    /// Whether an instance of it can serve only one request (a fresh instance per request is
+    /// then the default, whatever `max-requests` says): known from the component itself
+    /// (ComponentizeJS/StarlingMonkey), or learnt when an instance returned without a
+    /// response on its second request.
+    pub serves_once: std::sync::atomic::AtomicBool,
     /// The file it came from.
     pub path: PathBuf,
     /// SHA-256 of the file, hex.
@@ -194,8 +199,13 @@ impl Loader {
             }
         };
         let pre = pre_instantiate(&self.linker, &component, path)?;
+        let serves_once = serves_one_request(&bytes);
+        if serves_once {
+            tracing::info!(component = %path.display(), "this component serves one request per instance (ComponentizeJS/StarlingMonkey): each request gets a fresh instance, prepared ahead (as with max-requests = 1)");
+        }
         Ok(Version {
             id: Arc::new(VersionId {
+                serves_once: serves_once.into(),
                 path: path.to_path_buf(),
                 sha256,
                 loaded_at: SystemTime::now(),
@@ -266,6 +276,26 @@ fn read_component(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
         "`{shown}` grew past `max-component-size` ({max_bytes} bytes) while it was read"
     );
     Ok(bytes)
+}
+
+/// Whether the component says it was built by ComponentizeJS: its StarlingMonkey engine runs
+/// one fetch event per instance, and a second request on the same instance returns without a
+/// response. The mark is the `processed-by` entry of the component's own `producers` section.
+fn serves_one_request(bytes: &[u8]) -> bool {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::CustomSection(section))
+                if section.name() == "producers"
+                    && section.data().windows(14).any(|w| w == b"ComponentizeJS") =>
+            {
+                return true;
+            }
+            // Sections are only framed, not validated: cheap even for a 13 MB guest.
+            Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    false
 }
 
 /// Gives a precise reason for the common mistakes before the parser gives a generic one.

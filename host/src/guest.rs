@@ -28,6 +28,9 @@ use crate::outcome::Outcome;
 use crate::request_id::RequestId;
 use crate::state::{GuestState, OutputTag};
 
+/// The bound on an instantiation when the route has no request timeout.
+const INSTANTIATE_LIMIT: Duration = Duration::from_secs(60);
+
 /// A request as the guest receives it: hyper's request with its body boxed (and limited).
 pub type GuestRequest = hyper::Request<wasmtime_wasi_http::p2::body::HyperIncomingBody>;
 
@@ -135,7 +138,18 @@ impl Instance {
         // other tasks run and lets the request timeout (a tokio timer) fire.
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         store.set_epoch_deadline(1);
-        let proxy = version.pre.instantiate_async(&mut store).await?;
+        // Bounded like a request: a guest whose start code never returns (it yields at every
+        // epoch tick, so the timer fires) must not hang startup or a swap.
+        let limit = route.lifecycle.request_timeout.unwrap_or(INSTANTIATE_LIMIT);
+        let proxy = tokio::time::timeout(limit, version.pre.instantiate_async(&mut store))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "instantiating `{}` did not finish within {limit:?}: its start code (e.g. \
+                     `_initialize`) runs without end",
+                    version.id.path.display()
+                )
+            })??;
         live.0.fetch_add(1, Ordering::Relaxed);
         Ok(Instance {
             store,

@@ -46,6 +46,10 @@ const MAX_H2_STREAMS: u32 = 128;
 /// The kernel accept backlog: a burst like `ab -c 500` must not see refused connections.
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// The request header that tells a guest the prefix `strip-prefix` removed (WSGI's
+/// SCRIPT_NAME). fibhost sets it; a client's own is dropped.
+pub const SCRIPT_NAME_HEADER: &str = "fibhost-script-name";
+
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -642,8 +646,19 @@ async fn dispatch(
     if let Some(declared) = declared_length(request.headers())?.filter(|&d| d > limit) {
         return Err(ServeError::BodyTooLarge { declared, limit });
     }
+    // The prefix a stripped route hides, for the guest's own use (a WSGI bridge's
+    // SCRIPT_NAME): set only by fibhost, never taken from the client.
+    if request.headers().contains_key(SCRIPT_NAME_HEADER) {
+        request.headers_mut().remove(SCRIPT_NAME_HEADER);
+    }
     if route.config.strip_prefix {
         strip_prefix(&mut request, &route.config.prefix);
+        let prefix = route.config.prefix.trim_end_matches('/');
+        if let Ok(value) = HeaderValue::from_str(prefix)
+            && !prefix.is_empty()
+        {
+            request.headers_mut().insert(SCRIPT_NAME_HEADER, value);
+        }
     }
     // A chunked body has no declared size: cap it as it streams.
     let request = request.map(|body| {

@@ -230,3 +230,27 @@ async fn recycling_every_second_under_load_fails_nothing() {
     );
     server.wait_for_output("reason=\"lifetime\"", Duration::from_secs(10));
 }
+
+/// A guest that returns without a response on an instance's second request serves once per
+/// instance: fibhost learns it from that one failure and gives every later request a fresh
+/// instance, without `max-requests = 1` in the configuration. (A ComponentizeJS guest is
+/// known from the component itself and never fails at all: see the conformance suite.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_serves_once_gets_a_fresh_instance_per_request() {
+    let server = start(guests::TESTBED, &["--workers", "1"]);
+    let http = Http::new();
+    let once = || async { http.get(&server.url("/once")).await.unwrap().status };
+    assert_eq!(once().await, StatusCode::OK);
+    assert_eq!(
+        once().await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the one failure it learns from"
+    );
+    server.wait_for_output(
+        "it serves one request per instance",
+        Duration::from_secs(10),
+    );
+    for n in 0..20 {
+        assert_eq!(once().await, StatusCode::OK, "request {n} after learning");
+    }
+}

@@ -114,7 +114,7 @@ async fn components_on_prefixes_are_isolated() {
     let reply = crate::admin_reload(
         &http,
         &server,
-        &format!("route=/fib&component={}", guests::FIB),
+        &format!("route=/fib&component={}&force=1", guests::FIB),
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());

@@ -136,3 +136,16 @@ fn a_public_admin_listener_needs_a_token() {
     ];
     drop(Server::start(fibhost(), &insecure));
 }
+
+/// A component whose start code never returns is refused within the request timeout, at
+/// startup as in a swap, instead of hanging it.
+#[test]
+fn an_instantiation_that_never_ends_is_bounded() {
+    let out = fails(&[
+        "--component",
+        guests::TESTBED_HANG,
+        "--request-timeout",
+        "1",
+    ]);
+    assert!(out.contains("did not finish within 1s"), "{out}");
+}

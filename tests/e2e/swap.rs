@@ -431,3 +431,47 @@ async fn watch_touch_reloads_broken_files_are_tried_once_and_unchanged_sighup_is
     let rejections = server.output().matches("swap rejected").count();
     assert_eq!(rejections, 1, "{}", server.output());
 }
+
+/// A swap to a component whose start code never returns is rejected within the request
+/// timeout; the old version keeps serving and later swaps still work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swap_to_a_component_that_never_starts_is_rejected() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--request-timeout",
+            "1",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let http = Http::new();
+    let hang = format!("component={}", guests::TESTBED_HANG);
+    let reply = crate::admin_reload(&http, &server, &hang).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        reply.text().contains("did not finish within"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        http.get(&server.url("/version")).await.unwrap().text(),
+        "v1"
+    );
+    let v2 = format!("component={}", guests::TESTBED_V2);
+    assert_eq!(
+        crate::admin_reload(&http, &server, &v2).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get(&server.url("/version")).await.unwrap().text(),
+        "v2"
+    );
+}

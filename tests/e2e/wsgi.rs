@@ -488,3 +488,35 @@ async fn wsgi_guests_recycle_and_hot_swap() {
         "the old app no longer serves"
     );
 }
+
+/// On a route whose prefix fibhost strips, the app sees that prefix as SCRIPT_NAME (and builds
+/// its URLs under it); a client cannot forge it with the header fibhost uses to say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn script_name_is_the_stripped_prefix() {
+    let test_app = repo(WSGI_TEST);
+    if !available("wsgi SCRIPT_NAME", std::slice::from_ref(&test_app)) {
+        return;
+    }
+    let dir = fibhost_e2e::temp_dir("wsgi-prefix");
+    let config = dir.join("fibhost.toml");
+    let toml = format!(
+        "[[route]]\nprefix = \"/app\"\ncomponent = {test_app:?}\nstrip-prefix = true\nworkers = 1\n\n\
+         [[route]]\nprefix = \"/\"\ncomponent = {test_app:?}\nworkers = 1\n"
+    );
+    std::fs::write(&config, toml).unwrap();
+    let server = Server::start(crate::fibhost(), &["--config", config.to_str().unwrap()]);
+    let http = Http::new();
+    let forged = [("fibhost-script-name", "/forged")];
+    let echo = async |path: &str| -> serde_json::Value {
+        let reply = (http.send_with(Method::GET, &server.url(path), Bytes::new(), &forged))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+        serde_json::from_slice(&reply.body).unwrap()
+    };
+    let stripped = echo("/app/echo").await;
+    assert_eq!(stripped["script_name"], "/app", "{stripped}");
+    assert_eq!(stripped["path"], "/echo", "{stripped}");
+    let root = echo("/echo").await;
+    assert_eq!(root["script_name"], "", "{root}");
+}

@@ -11,6 +11,7 @@
 //! | `/alloc` | allocates until allocation fails |
 //! | `/panic` | panics |
 //! | `/noreply` | returns without sending a response |
+//! | `/once` | like `/count` on an instance's first request; without a response after (a guest that serves once per instance, like StarlingMonkey) |
 //! | `/stack` | recurses until the stack overflows |
 //! | `/stream?mib=N` | streams an N MiB body (default 100) |
 //! | `/stall` | sends headers and a first chunk, then waits forever |
@@ -35,6 +36,17 @@ struct Testbed;
 wasip2::http::proxy::export!(Testbed);
 
 static SERVED: AtomicU64 = AtomicU64::new(0);
+
+/// With `hang-at-start`: the module's `_initialize`, which the component runs when an
+/// instance is created, before any request, never returns.
+#[cfg(feature = "hang-at-start")]
+#[unsafe(no_mangle)]
+pub extern "C" fn _initialize() {
+    let mut x = 0u64;
+    loop {
+        x = black_box(x.wrapping_add(1));
+    }
+}
 
 thread_local! {
     /// Memory kept alive on purpose by `/grow`, so that linear memory stays large.
@@ -85,6 +97,8 @@ impl Guest for Testbed {
             "/panic" => panic!("testbed was asked to panic"),
             // Returns without setting a response (dropping the outparam unanswered).
             "/noreply" => drop(response_out),
+            "/once" if served == 1 => reply(response_out, 200, served.to_string()),
+            "/once" => drop(response_out),
             "/stack" => reply(response_out, 200, recurse(black_box(1)).to_string()),
             "/stream" => {
                 let mib = number("mib", 100) as usize;
@@ -145,7 +159,11 @@ fn fetch(request: IncomingRequest, out: ResponseOutparam, url: &str, path: &str)
     let Some((scheme, authority)) = url.split_once("://") else {
         return reply(out, 400, format!("bad url `{url}`"));
     };
-    let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
     let outgoing = OutgoingRequest::new(Fields::new());
     let _ = outgoing.set_method(&request.method());
     let _ = outgoing.set_scheme(Some(&scheme));

@@ -432,18 +432,14 @@ impl Worker {
             .serve(job.request, job.scheme, &job.reply, &job.id, timeout)
             .await;
         self.record(&outcome, started, &job.id, &method, &uri);
+        self.learn_serves_once(&outcome);
         let reason = outcome.recycle().or_else(|| {
             let facts = Facts {
                 born: self.instance.born(),
                 served: self.instance.served(),
                 memory_bytes: self.instance.memory_bytes(),
             };
-            policy::after_request(
-                &self.pool.route.lifecycle,
-                &self.drawn,
-                &facts,
-                Instant::now(),
-            )
+            policy::after_request(&self.limits(), &self.drawn, &facts, Instant::now())
         });
         if reason.is_some_and(Recycle::is_failure) {
             // Before the instance goes: its body, if it was cut short, must end as an error.
@@ -490,6 +486,29 @@ impl Worker {
             }
         }
         stats.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The recycling limits for the current instance: a version that serves one request per
+    /// instance gets a fresh instance per request, whatever `max-requests` says.
+    fn limits(&self) -> crate::config::Lifecycle {
+        let mut limits = self.pool.route.lifecycle;
+        if self.instance.version().serves_once.load(Ordering::Relaxed) {
+            limits.max_requests = 1;
+        }
+        limits
+    }
+
+    /// An instance that answered its first request and returned without a response on its
+    /// second is a guest that serves once (a JavaScript engine whose fetch event is spent):
+    /// from now on every request of this version gets a fresh instance.
+    fn learn_serves_once(&self, outcome: &Outcome) {
+        let version = self.instance.version();
+        if matches!(outcome, Outcome::NoResponse)
+            && self.instance.served() == 2
+            && !version.serves_once.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(route = %self.pool.route.prefix, version = version.short(), "the guest returned without a response on an instance's second request: it serves one request per instance; each request now gets a fresh instance (as with max-requests = 1)");
+        }
     }
 
     fn is_stale(&self) -> bool {
