@@ -20,6 +20,23 @@ use crate::request_id::RequestId;
 /// Most table elements a guest may grow a table to (function references, not memory).
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 
+/// The most host memory one host-side resource may hold for a guest: a `fields` (its headers'
+/// total size) or one write to a body stream.
+pub const HOST_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Fewest resources (fields, bodies, streams, pollables…) a guest may hold at once, whatever its
+/// memory limit: a guest serving one request uses a dozen or so.
+const MIN_RESOURCES: usize = 256;
+
+/// How many resources a guest with `memory_limit_bytes` may hold at once: with each holding at
+/// most [`HOST_BUFFER_BYTES`], what a guest makes fibhost hold stays within its own limit
+/// (a 64 MiB guest once made fibhost hold 360 MB of fields).
+pub fn max_resources(memory_limit_bytes: u64) -> usize {
+    let by_memory =
+        usize::try_from(memory_limit_bytes / HOST_BUFFER_BYTES as u64).unwrap_or(usize::MAX);
+    by_memory.max(MIN_RESOURCES)
+}
+
 /// A guest writing one endless line must not grow the buffer without bound.
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
@@ -47,10 +64,14 @@ impl GuestState {
         wasi.envs(env)
             .stdout(GuestOutput::new("stdout", tag))
             .stderr(GuestOutput::new("stderr", tag));
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(HOST_BUFFER_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(max_resources(memory_limit_bytes));
         GuestState {
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             hooks: OutgoingPolicy(outbound),
             memory: MemoryLimiter {
                 limit_bytes: usize::try_from(memory_limit_bytes).unwrap_or(usize::MAX),
@@ -98,6 +119,11 @@ impl WasiHttpHooks for OutgoingPolicy {
         _fut: SendFuture,
     ) -> Box<dyn Future<Output = Sent> + Send> {
         Box::new(self.0.clone().send(request, options))
+    }
+
+    /// One write to a body stream buffers at most this much on the host.
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        HOST_BUFFER_BYTES
     }
 }
 
@@ -211,6 +237,19 @@ impl OutputTag {
 }
 
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_scale_with_the_memory_limit() {
+        assert_eq!(max_resources(256 << 20), 4096);
+        assert_eq!(max_resources(1 << 20), MIN_RESOURCES);
+        // Whatever the guest holds on the host stays within its own memory limit.
+        assert!(max_resources(64 << 20) * HOST_BUFFER_BYTES <= 64 << 20);
+    }
+}
 
 /// A poisoned lock only means another thread panicked while logging; the data is still usable.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

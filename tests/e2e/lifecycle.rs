@@ -254,3 +254,43 @@ async fn a_guest_that_serves_once_gets_a_fresh_instance_per_request() {
         assert_eq!(once().await, StatusCode::OK, "request {n} after learning");
     }
 }
+
+/// What a guest makes fibhost hold on the host (header fields, body buffers) is bounded by its
+/// own `memory-limit`: a guest hoarding 64 MB of fields under a 16 MiB limit is stopped (500,
+/// a fresh instance), and the process does not grow by anything like it.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_memory_a_guest_holds_is_bounded_by_its_memory_limit() {
+    let server = start(guests::TESTBED, &["--workers", "1", "--memory-limit", "16"]);
+    let http = Http::new();
+    assert_eq!(count(&http, &server).await, 1);
+    let before = rss_bytes(server.pid());
+    let reply = http
+        .get(&server.url("/fields?n=2000&kib=32"))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        reply.text()
+    );
+    let grown = rss_bytes(server.pid()).saturating_sub(before);
+    assert!(grown < 40 << 20, "the process grew by {} MiB", grown >> 20);
+    assert_eq!(
+        count(&http, &server).await,
+        1,
+        "the hoarding instance was replaced"
+    );
+}
+
+/// The resident set size of process `pid`, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}

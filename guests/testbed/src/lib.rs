@@ -15,6 +15,7 @@
 //! | `/stack` | recurses until the stack overflows |
 //! | `/stream?mib=N` | streams an N MiB body (default 100) |
 //! | `/stall` | sends headers and a first chunk, then waits forever |
+//! | `/fields?n=N&kib=K` | keeps N header fields of K KiB each alive on the host (host memory a guest can make fibhost hold) |
 //! | `/env?name=X` | the value of environment variable X, or 404 |
 //! | `/echo` | echoes the request body |
 //! | `/fetch?url=SCHEME://HOST:PORT&path=/P` | sends the request's method and body there (outbound HTTP) and streams the answer back; 502 with the error code if the host refuses or it fails |
@@ -122,6 +123,16 @@ impl Guest for Testbed {
                     monotonic_clock::subscribe_duration(3_600 * 1_000_000_000).block();
                 }
                 let _ = OutgoingBody::finish(body, None);
+            }
+            "/fields" => {
+                let value = vec![b'v'; number("kib", 32) as usize * 1024];
+                let mut hoard = Vec::new();
+                for _ in 0..number("n", 1000) {
+                    let fields = Fields::new();
+                    let _ = fields.append("x-hoard", &value);
+                    hoard.push(fields);
+                }
+                reply(response_out, 200, hoard.len().to_string());
             }
             "/env" => match param("name").and_then(|n| std::env::var(n).ok()) {
                 Some(v) => reply(response_out, 200, v),
