@@ -238,18 +238,6 @@ impl OutputTag {
 
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resources_scale_with_the_memory_limit() {
-        assert_eq!(max_resources(256 << 20), 4096);
-        assert_eq!(max_resources(1 << 20), MIN_RESOURCES);
-        // Whatever the guest holds on the host stays within its own memory limit.
-        assert!(max_resources(64 << 20) * HOST_BUFFER_BYTES <= 64 << 20);
-    }
-}
 
 /// A poisoned lock only means another thread panicked while logging; the data is still usable.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -305,5 +293,18 @@ impl AsyncWrite for GuestOutput {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.tag.flush();
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_scale_with_the_memory_limit() {
+        assert_eq!(max_resources(256 << 20), 4096);
+        assert_eq!(max_resources(1 << 20), MIN_RESOURCES);
+        // Whatever the guest holds on the host stays within its own memory limit.
+        assert!(max_resources(64 << 20) * HOST_BUFFER_BYTES <= 64 << 20);
     }
 }
