@@ -38,6 +38,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// Default time an idle keep-alive (or HTTP/2) connection is kept open (nginx's
 /// `keepalive_timeout` is 75 s; uWSGI's HTTP router closes at once).
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT_SECS: u64 = 60;
+/// Default response buffer, KiB: the Fibonacci API's largest answers and most pages fit.
+pub const DEFAULT_RESPONSE_BUFFER_KIB: u64 = 256;
 /// Default time a response may wait for the client to take more bytes (nginx `send_timeout`).
 pub const DEFAULT_SEND_TIMEOUT_SECS: u64 = 60;
 /// Default cap on a component file's size: a Python guest is ~30 MiB.
@@ -317,6 +319,17 @@ pub struct Settings {
     #[serde(rename = "keep-alive-timeout")]
     pub keep_alive_timeout_secs: Option<f64>,
 
+    /// KiB of a response fibhost buffers while the client reads it, so that the guest can
+    /// finish and its worker serve others: a response that fits never pins a worker on a slow
+    /// client [default: 256].
+    #[arg(
+        long = "response-buffer",
+        env = "FIBHOST_RESPONSE_BUFFER",
+        value_name = "KIB"
+    )]
+    #[serde(rename = "response-buffer")]
+    pub response_buffer_kib: Option<u64>,
+
     /// Seconds a response may wait for the client to read more of it; a client that stops
     /// reading is disconnected (nginx `send_timeout`) [default: 60].
     #[arg(
@@ -515,6 +528,7 @@ impl Settings {
             reload_dir,
             admin_insecure,
             log_query,
+            response_buffer_kib,
             allow_outbound,
             outbound_max_connections,
             outbound_connect_timeout_secs,
@@ -557,6 +571,7 @@ impl Settings {
             reload_dir: self.reload_dir.or(reload_dir),
             admin_insecure: self.admin_insecure.or(admin_insecure),
             log_query: self.log_query.or(log_query),
+            response_buffer_kib: self.response_buffer_kib.or(response_buffer_kib),
             allow_outbound: self.allow_outbound.or(allow_outbound),
             outbound_max_connections: self.outbound_max_connections.or(outbound_max_connections),
             outbound_connect_timeout_secs: self
@@ -648,6 +663,7 @@ impl Settings {
                     self.keep_alive_timeout_secs,
                     DEFAULT_KEEP_ALIVE_TIMEOUT_SECS,
                 )?,
+                response_buffer: response_buffer_bytes(self.response_buffer_kib)?,
                 send_timeout: positive_secs(
                     "send-timeout",
                     self.send_timeout_secs,
@@ -760,6 +776,15 @@ impl Settings {
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// `response-buffer` in bytes: 1 KiB to 1 GiB.
+fn response_buffer_bytes(kib: Option<u64>) -> Result<usize> {
+    let kib = kib.unwrap_or(DEFAULT_RESPONSE_BUFFER_KIB);
+    if !(1..=1 << 20).contains(&kib) {
+        bail!("`response-buffer` must be between 1 and 1048576 KiB, got {kib}");
+    }
+    Ok((kib * 1024) as usize)
+}
 
 /// MiB to bytes, refusing values that do not fit.
 fn mib(key: &str, value: u64) -> Result<u64> {
@@ -954,6 +979,8 @@ pub struct HttpLimits {
     pub keep_alive_timeout: Duration,
     /// Time a response may wait for the client to take more of it.
     pub send_timeout: Duration,
+    /// Bytes of a response buffered while the client reads it.
+    pub response_buffer: usize,
 }
 
 #[cfg(test)]

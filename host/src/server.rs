@@ -31,7 +31,7 @@ use crate::config::HttpLimits;
 use crate::error::{BodyError, ServeError};
 use crate::logging::{AccessEntry, AccessLog};
 use crate::metrics::{InFlight, RouteMetrics};
-use crate::pool::PoolBody;
+use crate::pool::{Completion, PoolBody};
 use crate::request_id::{self, RequestId, RequestIds};
 use crate::routes::Router;
 use crate::shards::Shards;
@@ -349,7 +349,10 @@ where
     let limits = &ctx.limits;
     let mut closing_since: Option<Instant> = None;
     loop {
-        let deadline = activity.deadline(limits, closing_since);
+        // Looked at again within `send-timeout` whatever the state: a request that starts (or
+        // stalls) on an idle connection changes the deadline without waking the watchdog.
+        let deadline =
+            (activity.deadline(limits, closing_since)).min(Instant::now() + limits.send_timeout);
         tokio::select! {
             result = connection.as_mut() => return result.map_err(|e| e.to_string()),
             _ = drain.wait_for(|stop| *stop), if closing_since.is_none() => {
@@ -585,6 +588,18 @@ async fn handle(
     // that hyper writes head and body in one syscall (one TCP segment, one wake-up of the
     // client) instead of two: measured as the largest per-request cost on loopback.
     let peeked = first_frame(&mut body).await;
+    // A guest body with more to come is pumped into a bounded buffer by a task of its own:
+    // the guest can then finish writing (and its worker serve someone else) while a slow
+    // client is still reading. A body already complete needs no task.
+    let (complete, body) = match (&peeked, body) {
+        (Some(None), body) => (true, body),
+        (Some(Some(Ok(_))) | None, Inner::Guest(mut guest)) => match poll_now(&mut guest) {
+            Poll::Ready(None) => (true, Inner::Guest(guest)),
+            Poll::Ready(Some(next)) => (false, pump(guest, Some(next), ctx.limits.response_buffer)),
+            Poll::Pending => (false, pump(guest, None, ctx.limits.response_buffer)),
+        },
+        (_, body) => (false, body),
+    };
     if ctx.draining.is_draining() && parts.version < http::Version::HTTP_2 {
         (parts.headers).insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -592,6 +607,7 @@ async fn handle(
     let body = ServerBody {
         inner: body,
         peeked,
+        complete,
         status: parts.status.as_u16(),
         started,
         record,
@@ -600,6 +616,100 @@ async fn handle(
         _in_flight: in_flight,
     };
     Response::from_parts(parts, body)
+}
+
+/// Polls `body` once, without waiting.
+fn poll_now(body: &mut PoolBody) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    let waker = std::task::Waker::noop();
+    Pin::new(body).poll_frame(&mut Context::from_waker(waker))
+}
+
+/// Moves `body` (after `next`, already taken from it) into a buffer of at most `budget` bytes
+/// by a task of its own, and returns the buffer's reading end. The task ends when the body
+/// ends, fails, or the reading end is dropped (the client left: the guest's next write fails).
+fn pump(
+    mut body: PoolBody,
+    mut next: Option<Result<Frame<Bytes>, BodyError>>,
+    budget: usize,
+) -> Inner {
+    let (worker, completion) = (body.worker(), body.completion());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let bytes = Arc::new(Semaphore::new(budget));
+    let limit = u32::try_from(budget).unwrap_or(u32::MAX);
+    let room = bytes.clone();
+    tokio::spawn(async move {
+        // Ends when the body does, or as soon as the reader is gone (the client left or was
+        // cut off): dropping the body then makes the guest's next write fail.
+        loop {
+            let frame = match next.take() {
+                Some(frame) => frame,
+                None => tokio::select! {
+                    frame = body.frame() => match frame {
+                        Some(frame) => frame,
+                        None => break,
+                    },
+                    () = tx.closed() => break,
+                },
+            };
+            let size = frame
+                .as_ref()
+                .ok()
+                .and_then(Frame::data_ref)
+                .map_or(0, |d| d.len());
+            let want = u32::try_from(size).unwrap_or(u32::MAX).min(limit);
+            let permit = tokio::select! {
+                permit = room.clone().acquire_many_owned(want) => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = tx.closed() => break,
+            };
+            if tx.send((frame, permit)).is_err() {
+                break;
+            }
+        }
+    });
+    Inner::Buffered(Buffered {
+        rx,
+        worker,
+        bytes: 0,
+        _completion: completion,
+    })
+}
+
+/// The reading end of [`pump`]: frames in order, each freeing its share of the buffer as it
+/// is taken.
+struct Buffered {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(
+        Result<Frame<Bytes>, BodyError>,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
+    worker: usize,
+    bytes: u64,
+    /// Dropped with the buffer: the response is complete for the client (or abandoned), so
+    /// the request's admission slot goes back even if the guest is still finishing.
+    _completion: Completion,
+}
+
+impl Body for Buffered {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some((frame, _room))) => {
+                if let Ok(data) = frame.as_ref().map(Frame::data_ref) {
+                    self.bytes += data.map_or(0, |d| d.len() as u64);
+                }
+                Poll::Ready(Some(frame))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// The first frame of `body` if it is ready now or within [`FIRST_FRAME_TURNS`] turns of
@@ -719,9 +829,11 @@ struct AccessRecord {
     id: RequestId,
 }
 
-/// A response body as fibhost sends it: a guest's or fibhost's own.
+/// A response body as fibhost sends it: a guest's (read directly, or through the buffer a
+/// [`pump`] fills) or fibhost's own.
 enum Inner {
     Guest(PoolBody),
+    Buffered(Buffered),
     /// An error document and its length.
     Host(Full<Bytes>, u64),
 }
@@ -730,6 +842,7 @@ impl Inner {
     fn worker(&self) -> usize {
         match self {
             Inner::Guest(body) => body.worker(),
+            Inner::Buffered(body) => body.worker,
             Inner::Host(..) => 0,
         }
     }
@@ -737,6 +850,7 @@ impl Inner {
     fn bytes(&self) -> u64 {
         match self {
             Inner::Guest(body) => body.bytes(),
+            Inner::Buffered(body) => body.bytes,
             Inner::Host(_, bytes) => *bytes,
         }
     }
@@ -752,6 +866,7 @@ impl Body for Inner {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             Inner::Guest(body) => Pin::new(body).poll_frame(cx),
+            Inner::Buffered(body) => Pin::new(body).poll_frame(cx),
             Inner::Host(body, _) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
@@ -761,6 +876,7 @@ impl Body for Inner {
     fn is_end_stream(&self) -> bool {
         match self {
             Inner::Guest(body) => body.is_end_stream(),
+            Inner::Buffered(body) => body.is_end_stream(),
             Inner::Host(body, _) => body.is_end_stream(),
         }
     }
@@ -768,6 +884,7 @@ impl Body for Inner {
     fn size_hint(&self) -> SizeHint {
         match self {
             Inner::Guest(body) => body.size_hint(),
+            Inner::Buffered(body) => body.size_hint(),
             Inner::Host(body, _) => body.size_hint(),
         }
     }
@@ -827,6 +944,8 @@ pub struct ServerBody {
     inner: Inner,
     /// What polling `inner` already gave (`Some(None)`: the end), sent before polling again.
     peeked: Option<Option<Result<Frame<Bytes>, BodyError>>>,
+    /// The inner body has ended already: after `peeked`, nothing more.
+    complete: bool,
     status: u16,
     started: Instant,
     record: Option<AccessRecord>,
@@ -846,6 +965,7 @@ impl Body for ServerBody {
         let this = &mut *self;
         let polled = match this.peeked.take() {
             Some(frame) => Poll::Ready(frame),
+            None if this.complete => Poll::Ready(None),
             None => Pin::new(&mut this.inner).poll_frame(cx),
         };
         this.progress.handed(polled.is_ready());
@@ -853,7 +973,7 @@ impl Body for ServerBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.peeked.is_none() && self.inner.is_end_stream()
+        self.peeked.is_none() && (self.complete || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -903,6 +1023,7 @@ mod tests {
             max_connections: 1,
             keep_alive_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(10),
+            response_buffer: 1024,
         }
     }
 

@@ -238,7 +238,6 @@ impl OutputTag {
 
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
-
 /// A poisoned lock only means another thread panicked while logging; the data is still usable.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex

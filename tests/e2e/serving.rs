@@ -438,3 +438,45 @@ async fn a_client_that_stops_reading_does_not_hold_the_worker() {
     assert_eq!(reply.status, StatusCode::OK);
     drop(stalled);
 }
+
+/// A response that fits `response-buffer` never pins a worker on a slow client: the guest
+/// finishes into the buffer and its worker serves the next request while the client has not
+/// read a byte (the send timeout is far away here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buffered_response_frees_its_worker_before_the_client_reads_it() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--response-buffer",
+            "32768",
+            "--send-timeout",
+            "600",
+            "--request-timeout",
+            "600",
+            "--disable-logging",
+        ],
+    );
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.write_all(b"GET /stream?mib=16 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(300),
+        Http::new().get(&server.url("/count")),
+    )
+    .await
+    .expect("the worker stayed pinned by a response that fits the buffer")
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    // The slow client still gets its whole response.
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    while all.len() < 16 << 20 {
+        let n = slow.read(&mut buf).unwrap();
+        assert!(n > 0, "the response ended early");
+        all.extend_from_slice(&buf[..n]);
+    }
+}

@@ -58,6 +58,22 @@ impl PoolBody {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// A handle that releases the request's admission slot, for whoever holds the response
+    /// when it is complete for the client (a buffer this body is pumped into).
+    pub fn completion(&self) -> Completion {
+        Completion(self.job.clone())
+    }
+}
+
+/// Releases a request's admission slot when the response is complete for the client (see
+/// [`PoolBody::completion`]); dropping it does the same.
+pub struct Completion(Arc<JobShared>);
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.0.admission.release();
+    }
 }
 
 impl Body for PoolBody {

@@ -44,7 +44,7 @@ use anyhow::{Context as _, Result};
 use tokio::sync::watch;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-pub use body::PoolBody;
+pub use body::{Completion, PoolBody};
 pub use stats::{PoolStats, WorkerStats, unix_now};
 
 use crate::config::RouteConfig;
