@@ -53,6 +53,12 @@ pub const SCRIPT_NAME_HEADER: &str = "fibhost-script-name";
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The watchdog state of a connection that has none (a uwsgi connection: one request, then
+/// closed).
+pub(crate) fn untracked() -> Arc<Activity> {
+    Arc::new(Activity::default())
+}
+
 /// Whether the server is draining: set once shutdown begins; readiness then turns 503 and
 /// HTTP/1 responses carry `Connection: close`.
 #[derive(Clone, Debug, Default)]
@@ -456,7 +462,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// What one connection is doing, for its watchdog: responses in flight, how many of them wait
 /// on their guest (not on the client), and when anything last moved.
 #[derive(Debug)]
-struct Activity {
+pub(crate) struct Activity {
     opened: Instant,
     in_flight: AtomicUsize,
     waiting_on_guest: AtomicUsize,
@@ -554,14 +560,19 @@ fn service(
     })
 }
 
-/// Serves one request: route, limits, dispatch to a worker, metrics and access record.
-async fn handle(
+/// Serves one request: route, limits, dispatch to a worker, metrics and access record. Any
+/// request body will do (hyper's, or one read from a uwsgi packet).
+pub(crate) async fn handle<B>(
     ctx: Arc<Ctx>,
-    request: Request<Incoming>,
+    request: Request<B>,
     peer: SocketAddr,
     scheme: Scheme,
     activity: Arc<Activity>,
-) -> Response<ServerBody> {
+) -> Response<ServerBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
     let mut progress = Progress::start(activity);
     let id = ctx.ids.assign(request.headers().get(request_id::HEADER));
@@ -732,13 +743,17 @@ async fn first_frame(body: &mut Inner) -> Option<Option<Result<Frame<Bytes>, Bod
     None
 }
 
-async fn dispatch(
+async fn dispatch<B>(
     ctx: &Ctx,
     route: Option<&crate::routes::Route>,
-    mut request: Request<Incoming>,
+    mut request: Request<B>,
     scheme: Scheme,
     id: RequestId,
-) -> Result<Response<PoolBody>, ServeError> {
+) -> Result<Response<PoolBody>, ServeError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let Some(route) = route else {
         return Err(ServeError::NoRoute(request.uri().path().to_string()));
     };
@@ -775,7 +790,11 @@ async fn dispatch(
         Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
             .map_err(move |e| match e.downcast::<hyper::Error>() {
                 Ok(e) => wasmtime_wasi_http::Error::Hyper(*e),
-                Err(_) => wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit)),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
+                }
+                // The client's stream broke (a uwsgi body shorter than it declared).
+                Err(_) => wasmtime_wasi_http::Error::ConnectionTerminated,
             })
             .boxed_unsync()
     });
