@@ -6,6 +6,7 @@ mod conformance;
 mod deploy;
 mod lifecycle;
 mod ops;
+mod prometheus;
 mod routes;
 mod serving;
 mod startup;
