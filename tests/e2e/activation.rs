@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use fibhost_e2e::{Http, Server, eventually_blocking, guests};
+use fibhost_e2e::{Http, Server, StartFailure, eventually_blocking, guests};
 
 use crate::fibhost;
 
@@ -43,7 +43,7 @@ fn listener() -> TcpListener {
     unsafe_code,
     reason = "placing the sockets at fds 3.. in the child between fork and exec"
 )]
-fn activate(sockets: &[&TcpListener], names: Option<&str>) -> Server {
+fn try_activate(sockets: &[&TcpListener], names: Option<&str>) -> Result<Server, StartFailure> {
     let fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
     let mut command = Command::new("sh");
     // `$$` is the pid that the launcher (and, after its exec, fibhost) keeps.
@@ -76,7 +76,12 @@ fn activate(sockets: &[&TcpListener], names: Option<&str>) -> Server {
             Ok(())
         });
     }
-    Server::spawn(command).unwrap_or_else(|failure| panic!("fibhost did not start: {failure:?}"))
+    Server::spawn(command)
+}
+
+/// [`try_activate`], which must start.
+fn activate(sockets: &[&TcpListener], names: Option<&str>) -> Server {
+    try_activate(sockets, names).unwrap_or_else(|f| panic!("fibhost did not start: {f:?}"))
 }
 
 /// Connects to `addr` and sends `GET /10`, closing the connection after the response.
@@ -142,6 +147,26 @@ async fn systemd_socket_activate_hands_over_the_named_sockets() {
             .contains("listening sockets from the service manager"),
         "{}",
         server.output()
+    );
+}
+
+#[test]
+fn a_handed_over_admin_socket_beyond_loopback_needs_a_token() {
+    if !launcher_installed() {
+        return;
+    }
+    let public = listener();
+    let admin = TcpListener::bind("0.0.0.0:0").unwrap();
+    let _first = send(public.local_addr().unwrap()).unwrap();
+    let failure = try_activate(&[&public, &admin], Some("http:admin"))
+        .err()
+        .expect("fibhost must refuse an admin socket beyond loopback without a token");
+    assert!(!failure.status.success());
+    assert!(
+        failure.output.contains("`admin-listen` is `0.0.0.0:")
+            && failure.output.contains("no `admin-token` is set"),
+        "{}",
+        failure.output
     );
 }
 
