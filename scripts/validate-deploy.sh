@@ -14,6 +14,8 @@
 #    (and systemd's TimeoutStopSec exceeds shutdown-timeout).
 # 3. DEPLOY_DIR/nginx.conf with `nginx -t`, rewritten to run unprivileged from a temporary
 #    prefix (pid, logs, temp paths there; listen and upstream addresses on 127.0.0.1).
+# 4. DEPLOY_DIR's systemd units (*.service, *.socket) with `systemd-analyze verify`, and the
+#    socket units' FileDescriptorName (http, admin or stats).
 #
 # Exit status: 0 valid, 1 invalid (or a tool is missing), 3 the validator could not be
 # installed (the registry is unreachable); the e2e test skips only on 3, and never in CI.
@@ -276,3 +278,32 @@ if ! out=$("$nginx" -t -q -p "$tmp/" -c "$tmp/nginx.conf" -e "$tmp/startup-error
     exit 1
 fi
 echo "validate-deploy: nginx.conf passes nginx -t"
+
+# --- 4. systemd units -------------------------------------------------------------------
+# `systemd-analyze verify` (Debian's systemd) on the service and socket units, with ExecStart
+# pointed at an executable that exists here; any complaint (an unknown key, a bad value) fails.
+# fibhost knows the socket names `http`, `admin` and `stats`.
+units=("$deploy"/*.service "$deploy"/*.socket)
+if [[ -e ${units[0]} ]]; then
+    analyze=$(command -v systemd-analyze || true)
+    if [[ -z $analyze ]]; then
+        echo "validate-deploy: systemd-analyze is needed to check the systemd units (scripts/setup.sh --test installs systemd)" >&2
+        exit 1
+    fi
+    mkdir "$tmp/units"
+    for unit in "${units[@]}"; do
+        [[ -e $unit ]] || continue
+        sed "s#^ExecStart=/usr/local/bin/fibhost#ExecStart=$(command -v true)#" "$unit" >"$tmp/units/${unit##*/}"
+        name=$(sed -n 's/^FileDescriptorName=//p' "$unit")
+        if [[ $unit == *.socket && ! $name =~ ^(http|admin|stats)$ ]]; then
+            echo "validate-deploy: FAILED: ${unit##*/}: FileDescriptorName must be http, admin or stats (is \`$name\`)" >&2
+            exit 1
+        fi
+    done
+    if ! out=$(cd "$tmp/units" && "$analyze" verify --man=no ./* 2>&1) || [[ -n $out ]]; then
+        echo "$out" >&2
+        echo "validate-deploy: FAILED: systemd-analyze verify rejects the units in $deploy" >&2
+        exit 1
+    fi
+    echo "validate-deploy: systemd units pass systemd-analyze verify"
+fi

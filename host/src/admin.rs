@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GET /healthz` | no | 200 while the process runs |
 //! | `GET /readyz` | no | 200 when serving, 503 while draining |
-//! | `GET /metrics` | yes | Prometheus text format |
+//! | `GET /metrics` | yes | Prometheus: OpenMetrics if `Accept` asks for it, else text 0.0.4 |
 //! | `GET /stats` | yes | JSON with uWSGI's stats field names (for uwsgitop and friends) |
 //! | `GET /admin/status` | yes | the version each route serves |
 //! | `POST /admin/reload?route=/x&component=path` | yes | hot swap; answers the outcome |
@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::error::json_response;
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics};
 use crate::routes::Router;
 use crate::server::{self, Draining};
 use crate::swap::{Force, SwapError, Swapper};
@@ -178,11 +178,13 @@ async fn handle(ctx: &Arc<Ctx>, request: Request<Incoming>) -> Response<Full<Byt
             }
         }
         (Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.encode())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            let accept = request.headers().get(header::ACCEPT);
+            let format = Format::negotiate(accept.and_then(|v| v.to_str().ok()));
+            let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.encode(format))));
+            let headers = response.headers_mut();
+            let content_type = header::HeaderValue::from_static(format.content_type());
+            headers.insert(header::CONTENT_TYPE, content_type);
+            headers.insert(header::VARY, header::HeaderValue::from_static("accept"));
             response
         }
         (Method::GET, "/stats") => json_response(StatusCode::OK, &stats(ctx)),

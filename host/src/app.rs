@@ -1,5 +1,6 @@
 //! Composition: [`App::build`] does all fallible, expensive work (engine, compile, check,
-//! instantiate, warm up) before any port is bound; [`Listeners::bind`] binds; [`run`] starts
+//! instantiate, warm up) before any port is bound; [`Listeners::bind`] binds (or
+//! [`Listeners::bind_or_take`] takes the service manager's sockets); [`run`] starts
 //! the admin listener, the stats socket, the file watcher and reload handling, and serves
 //! until shutdown. The binary and the in-process tests call exactly these three.
 
@@ -11,7 +12,8 @@ use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::activation::Activated;
+use crate::config::{self, Config};
 use crate::engine::{self, Loader};
 use crate::guest::{Instance, LiveInstances, Setup};
 use crate::logging::AccessLog;
@@ -121,15 +123,50 @@ pub struct Listeners {
 impl Listeners {
     /// Binds every address `config` names.
     pub fn bind(config: &Config) -> Result<Listeners> {
-        let public = server::bind(config.listen, config.reuse_port, "listen")?;
-        let admin = (config.admin_listen)
-            .map(|addr| server::bind(addr, false, "admin-listen"))
-            .transpose()
-            .context("cannot bind the admin listener")?;
-        let stats = (config.stats_listen)
-            .map(|addr| server::bind(addr, false, "stats"))
-            .transpose()
-            .context("cannot bind the stats socket")?;
+        Listeners::bind_or_take(config, Activated::default())
+    }
+
+    /// Takes each listener the service manager handed over (`activated`: socket activation,
+    /// which then replaces the config's address, `reuse-port` included) and binds the others
+    /// from `config`. A handed-over admin listener or stats socket turns that listener on.
+    pub fn bind_or_take(config: &Config, activated: Activated) -> Result<Listeners> {
+        if !activated.is_empty() {
+            tracing::info!(
+                public = activated.public.is_some(),
+                admin = activated.admin.is_some(),
+                stats = activated.stats.is_some(),
+                "listening sockets from the service manager"
+            );
+        }
+        let inherited = |listener: Option<std::net::TcpListener>, key: &str| {
+            let Some(listener) = listener else {
+                return Ok(None);
+            };
+            if key != "listen" {
+                let addr = listener.local_addr()?;
+                let token = config.admin_token.is_some();
+                config::check_admin_exposure(key, addr, token, config.admin_insecure)?;
+            }
+            anyhow::Ok(Some(TcpListener::from_std(listener)?))
+        };
+        let public = match inherited(activated.public, "listen")? {
+            Some(listener) => listener,
+            None => server::bind(config.listen, config.reuse_port, "listen")?,
+        };
+        let admin = match inherited(activated.admin, "admin-listen")? {
+            Some(listener) => Some(listener),
+            None => (config.admin_listen)
+                .map(|addr| server::bind(addr, false, "admin-listen"))
+                .transpose()
+                .context("cannot bind the admin listener")?,
+        };
+        let stats = match inherited(activated.stats, "stats")? {
+            Some(listener) => Some(listener),
+            None => (config.stats_listen)
+                .map(|addr| server::bind(addr, false, "stats"))
+                .transpose()
+                .context("cannot bind the stats socket")?,
+        };
         Ok(Listeners {
             public,
             admin,

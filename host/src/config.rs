@@ -624,16 +624,10 @@ impl Settings {
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             bail!("`admin-token` is empty; leave it unset to disable the token");
         }
-        if self.admin_token.is_none() && !self.admin_insecure.unwrap_or(false) {
-            for (key, addr) in [("admin-listen", self.admin_listen), ("stats", self.stats)] {
-                if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
-                    bail!(
-                        "`{key}` is `{addr}`, reachable beyond this host, and no `admin-token` is \
-                         set: anyone who reaches it could swap components. Set `admin-token` (or \
-                         FIBHOST_ADMIN_TOKEN), listen on loopback, or pass `--admin-insecure` to \
-                         allow it anyway"
-                    );
-                }
+        let admin_insecure = self.admin_insecure.unwrap_or(false);
+        for (key, addr) in [("admin-listen", self.admin_listen), ("stats", self.stats)] {
+            if let Some(addr) = addr {
+                check_admin_exposure(key, addr, self.admin_token.is_some(), admin_insecure)?;
             }
         }
         let max_component_mib = self.max_component_mib.unwrap_or(DEFAULT_MAX_COMPONENT_MIB);
@@ -682,6 +676,7 @@ impl Settings {
             )?,
             admin_listen: self.admin_listen,
             admin_token: self.admin_token,
+            admin_insecure,
             stats_listen: self.stats,
             reuse_port: self.reuse_port.unwrap_or(false),
             cache_dir: self.cache_dir,
@@ -884,6 +879,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token the admin endpoints require, if set.
     pub admin_token: Option<String>,
+    /// Admin endpoints beyond loopback without a token are allowed (`admin-insecure`).
+    pub admin_insecure: bool,
     /// uWSGI-style stats socket address, if enabled.
     pub stats_listen: Option<SocketAddr>,
     /// SO_REUSEPORT on the public listener.
@@ -981,6 +978,26 @@ pub struct HttpLimits {
     pub send_timeout: Duration,
     /// Bytes of a response buffered while the client reads it.
     pub response_buffer: usize,
+}
+
+/// Refuses an admin or stats address (`key`) reachable beyond this host when no admin token
+/// is set, unless `admin-insecure`: anyone who reaches it could swap components. Also checked
+/// for sockets the service manager hands over, whose address only the socket knows.
+pub fn check_admin_exposure(
+    key: &str,
+    addr: SocketAddr,
+    token_set: bool,
+    insecure: bool,
+) -> Result<()> {
+    if !token_set && !insecure && !addr.ip().is_loopback() {
+        bail!(
+            "`{key}` is `{addr}`, reachable beyond this host, and no `admin-token` is set: \
+             anyone who reaches it could swap components. Set `admin-token` (or \
+             FIBHOST_ADMIN_TOKEN), listen on loopback, or pass `--admin-insecure` to allow it \
+             anyway"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

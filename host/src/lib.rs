@@ -10,6 +10,7 @@
 //! - [`app`]: [`App::build`] (all fallible work before binding), [`Listeners`], and [`run`],
 //!   the one entry that serves a built app (the binary and in-process tests call it).
 //! - [`config`]: defaults, config file and command line merged into one validated [`Config`].
+//! - [`activation`]: listening sockets handed over by systemd (socket activation).
 //!
 //! Requests, outside in:
 //! - [`server`]: the public listener: connection bounds and timeouts, protocol detection,
@@ -35,6 +36,7 @@
 //! - [`signals`]: SIGTERM/SIGINT as a shutdown future, SIGHUP as a stream of reloads.
 //! - [`tls`]: HTTPS: rustls configuration from PEM files, reloadable.
 
+pub mod activation;
 pub mod admin;
 pub mod app;
 pub mod cache;

@@ -1,10 +1,12 @@
-//! The `fibhost` command: parse options, set up logging, build the app, bind, serve.
+//! The `fibhost` command: take the service manager's sockets, parse options, set up logging,
+//! build the app, bind, serve.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use fibhost::activation::Activated;
 use fibhost::config::Settings;
 use fibhost::{App, Config, Listeners, signals};
 
@@ -24,6 +26,12 @@ struct Cli {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    #[expect(unsafe_code, reason = "see the SAFETY comment")]
+    // SAFETY: first thing in main, before any thread exists (logging and runtimes start below).
+    let activated = unsafe { Activated::take() };
+    let Ok(activated) = activated.map_err(|e| fail(&e, 2)) else {
+        return ExitCode::from(2);
+    };
     let cli = Cli::parse();
     let Ok(config) = load_config(&cli).map_err(|e| fail(&e, 2)) else {
         return ExitCode::from(2);
@@ -37,7 +45,7 @@ fn main() -> ExitCode {
     let served = runtime.block_on(async {
         let app = App::build(config.clone(), access_log).await?;
         fibhost::app::release_startup_memory();
-        let listeners = Listeners::bind(&config)?;
+        let listeners = Listeners::bind_or_take(&config, activated)?;
         let shutdown = signals::shutdown()?;
         let reloads = signals::reloads(move || load_config(&cli))?;
         listeners.announce(app.scheme())?;

@@ -4,13 +4,21 @@
 //! once at startup (no label lookup, no lock per request), and pool metrics (workers, queue,
 //! recycles, instance age and memory, swaps) read from the pools' live counters at scrape time
 //! by a [`Collector`], so the request path never pays for them.
+//!
+//! Two exposition formats, chosen by the scraper's `Accept` header as Prometheus's own clients
+//! do ([`Format::negotiate`]): OpenMetrics 1.0.0, which prometheus-client writes, and the
+//! classic text format 0.0.4 (the default), converted from it by [`to_classic_text`]: there a
+//! counter family is named with its `_total` suffix and nothing ends the body.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -29,7 +37,87 @@ const DURATION_BUCKETS: [f64; 14] = [
     10.0,
 ];
 
-type Labels = Vec<(&'static str, String)>;
+type Labels = Vec<(&'static str, LabelValue)>;
+
+/// A label value, escaped as both text formats require (`\` → `\\`, `"` → `\"`, a line feed →
+/// `\n`) when it is written: prometheus-client writes label values verbatim, and a route prefix
+/// is the operator's text.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct LabelValue(String);
+
+impl From<&str> for LabelValue {
+    fn from(value: &str) -> Self {
+        LabelValue(value.to_string())
+    }
+}
+
+impl From<String> for LabelValue {
+    fn from(value: String) -> Self {
+        LabelValue(value)
+    }
+}
+
+impl EncodeLabelValue for LabelValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An exposition format of `GET /metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0 (what Prometheus asks for first).
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4, for every other client.
+    Text,
+}
+
+impl Format {
+    /// The format to answer a request whose `Accept` header is `accept`: the supported media
+    /// type with the highest `q` (the earliest on a tie), as Prometheus's client libraries
+    /// negotiate. OpenMetrics only when asked for (`application/openmetrics-text`, version
+    /// 1.0.0 or none); the classic text format otherwise, including for `*/*` and no header.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let mut best = (Format::Text, 0.0);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut version) = (1.0, None);
+            for param in parts {
+                match param.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                    Some(("q", v)) => q = v.parse().unwrap_or(0.0),
+                    Some(("version", v)) => version = Some(v),
+                    _ => {}
+                }
+            }
+            let format = match (media.as_str(), version) {
+                ("application/openmetrics-text", None | Some("1.0.0")) => Format::OpenMetrics,
+                ("text/plain", None | Some("0.0.4")) | ("text/*" | "*/*", _) => Format::Text,
+                _ => continue,
+            };
+            if q > best.1 {
+                best = (format, q);
+            }
+        }
+        best.0
+    }
+
+    /// The `Content-Type` of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
 
 /// The registry and the request-path metric families.
 pub struct Metrics {
@@ -167,18 +255,15 @@ impl Metrics {
     /// Counts one swap of `route` with `result` (`ok` or `rejected`).
     pub fn count_swap(&self, route: &str, result: &'static str) {
         self.swaps
-            .get_or_create(&vec![
-                ("route", route.to_string()),
-                ("result", result.into()),
-            ])
+            .get_or_create(&vec![("route", route.into()), ("result", result.into())])
             .inc();
     }
 
     /// The request-path handles for `route` (use `""` for requests that matched no route).
     pub fn route(&self, route: &str) -> RouteMetrics {
         let labels = |extra: Option<(&'static str, &str)>| {
-            let mut l: Labels = vec![("route", route.to_string())];
-            l.extend(extra.map(|(k, v)| (k, v.to_string())));
+            let mut l: Labels = vec![("route", route.into())];
+            l.extend(extra.map(|(k, v)| (k, v.into())));
             l
         };
         RouteMetrics(Arc::new(RouteHandles {
@@ -209,12 +294,15 @@ impl Metrics {
         }));
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// Every metric in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => to_classic_text(&out),
+        }
     }
 }
 
@@ -319,7 +407,7 @@ fn counter(
 
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let route = |pool: &Pool| ("route", pool.route().prefix.clone());
+        let route = |pool: &Pool| ("route", LabelValue::from(pool.route().prefix.as_str()));
         let e = &mut encoder;
         gauge(
             e,
@@ -394,7 +482,7 @@ impl Collector for PoolCollector {
                 p.stats().workers.iter().enumerate().map(move |(i, w)| {
                     let spawned = w.last_spawn.load(Ordering::Relaxed);
                     (
-                        vec![route(p), ("worker", (i + 1).to_string())],
+                        vec![route(p), ("worker", (i + 1).to_string().into())],
                         now.saturating_sub(spawned) as i64,
                     )
                 })
@@ -407,12 +495,54 @@ impl Collector for PoolCollector {
             self.pools.iter().flat_map(|p| {
                 p.stats().workers.iter().enumerate().map(move |(i, w)| {
                     let bytes = w.memory_bytes.load(Ordering::Relaxed) as i64;
-                    (vec![route(p), ("worker", (i + 1).to_string())], bytes)
+                    (
+                        vec![route(p), ("worker", (i + 1).to_string().into())],
+                        bytes,
+                    )
                 })
             }),
         )?;
         Ok(())
     }
+}
+
+/// Rewrites prometheus-client's OpenMetrics exposition as the classic text format 0.0.4: a
+/// counter family takes its samples' name (`fibhost_requests` → `fibhost_requests_total`) in
+/// `# HELP` and `# TYPE`, its `_created` samples (an OpenMetrics addition) are dropped, `unknown`
+/// and the other OpenMetrics-only types become `untyped`, and `# UNIT` and `# EOF` go. Samples,
+/// label escaping, histograms (`_bucket`, `_sum`, `_count`) and gauges read the same in both.
+fn to_classic_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // prometheus-client writes `# HELP` before `# TYPE`; the name HELP carries depends on TYPE.
+    let mut help = None;
+    let mut created = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').map_or("", |(_, text)| text));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (family, kind) = match kind {
+                "counter" => (format!("{name}_total"), kind),
+                "gauge" | "histogram" | "summary" => (name.to_string(), kind),
+                _ => (name.to_string(), "untyped"),
+            };
+            created = (kind == "counter").then(|| format!("{name}_created"));
+            if let Some(text) = help.take() {
+                let _ = writeln!(out, "# HELP {family} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {family} {kind}");
+            continue;
+        }
+        let sample = line.split(['{', ' ']).next().unwrap_or("");
+        if line.starts_with("# UNIT ") || line == "# EOF" || created.as_deref() == Some(sample) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The process's resident set size, from `/proc/self/status`.
@@ -421,4 +551,125 @@ pub fn process_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What Prometheus 2.42 sends when it scrapes.
+    const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
+        application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+    #[test]
+    fn negotiation_gives_openmetrics_only_to_who_asks() {
+        let cases = [
+            (Some(PROMETHEUS_ACCEPT), Format::OpenMetrics),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("text/plain;q=0.5, Application/OpenMetrics-Text; version=1.0.0; q=0.9"),
+                Format::OpenMetrics,
+            ),
+            (None, Format::Text),
+            (Some(""), Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some("text/plain; version=0.0.4"), Format::Text),
+            (Some("application/json"), Format::Text),
+            // A version we do not write, a refusal, a tie (the earlier wins), a bad q.
+            (
+                Some("application/openmetrics-text;version=0.0.1"),
+                Format::Text,
+            ),
+            (Some("application/openmetrics-text;q=0, */*"), Format::Text),
+            (
+                Some("text/plain, application/openmetrics-text"),
+                Format::Text,
+            ),
+            (
+                Some("application/openmetrics-text;q=x, text/plain;q=0.1"),
+                Format::Text,
+            ),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::negotiate(accept), want, "Accept: {accept:?}");
+        }
+    }
+
+    #[test]
+    fn classic_text_names_counter_families_with_total_and_has_no_eof() {
+        let openmetrics = "# HELP jobs Jobs done.\n\
+                           # TYPE jobs counter\n\
+                           # UNIT jobs jobs\n\
+                           jobs_total{kind=\"a\"} 3\n\
+                           jobs_created{kind=\"a\"} 1700000000.0\n\
+                           # HELP odd Something.\n\
+                           # TYPE odd unknown\n\
+                           odd 1\n\
+                           # HELP temp Temperature.\n\
+                           # TYPE temp gauge\n\
+                           temp -2\n\
+                           # EOF\n";
+        assert_eq!(
+            to_classic_text(openmetrics),
+            "# HELP jobs_total Jobs done.\n\
+             # TYPE jobs_total counter\n\
+             jobs_total{kind=\"a\"} 3\n\
+             # HELP odd Something.\n\
+             # TYPE odd untyped\n\
+             odd 1\n\
+             # HELP temp Temperature.\n\
+             # TYPE temp gauge\n\
+             temp -2\n"
+        );
+    }
+
+    #[test]
+    fn both_formats_of_the_registry_parse_and_escape_label_values() {
+        let metrics = Metrics::new();
+        let route = metrics.route("/a\"b\\c\nd");
+        route.observe(200, Instant::now());
+        metrics.count_swap("/", "ok");
+
+        let open = metrics.encode(Format::OpenMetrics);
+        assert!(open.contains("# TYPE fibhost_requests counter\n"), "{open}");
+        assert!(open.ends_with("# EOF\n"), "{open}");
+
+        let text = metrics.encode(Format::Text);
+        assert!(!text.contains("# EOF"), "{text}");
+        for family in ["fibhost_requests_total", "fibhost_component_swaps_total"] {
+            assert!(
+                text.contains(&format!("# TYPE {family} counter\n")),
+                "{text}"
+            );
+            assert!(text.contains(&format!("# HELP {family} ")), "{text}");
+        }
+        assert!(
+            text.contains("fibhost_requests_total{route=\"/a\\\"b\\\\c\\nd\",class=\"2xx\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE fibhost_request_duration_seconds histogram\n"),
+            "{text}"
+        );
+
+        // An independent parser of the classic format sees typed counters and the histogram.
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid text format 0.0.4");
+        let sample = |name: &str| {
+            (scrape.samples.iter())
+                .find(|s| s.metric == name)
+                .unwrap_or_else(|| panic!("no `{name}` in {text}"))
+        };
+        let requests = sample("fibhost_requests_total");
+        assert!(matches!(
+            requests.value,
+            prometheus_parse::Value::Counter(_)
+        ));
+        // (prometheus-parse keeps a label value's escapes as written.)
+        assert_eq!(requests.labels.get("route"), Some("/a\\\"b\\\\c\\nd"));
+        assert!(matches!(
+            sample("fibhost_request_duration_seconds").value,
+            prometheus_parse::Value::Histogram(_)
+        ));
+    }
 }

@@ -262,18 +262,27 @@ fn serve_backlog(
     let _ = std_listener.set_nonblocking(true);
     // One request each, then close: these clients must not keep the drain open.
     let builders = Arc::new(builders(&ctx.limits, false));
-    // Already true: the drain has begun, so each connection closes after its request.
-    let (_, drained) = watch::channel(true);
+    // Never set: keep-alive is off, so each connection closes after its one response. A drain
+    // signal would close a connection whose request hyper has not read yet, unanswered; the
+    // sender lives as long as the connections (a dropped sender reads as a signal).
+    let (not_draining, drained) = watch::channel(false);
+    let not_draining = Arc::new(not_draining);
     while let Ok(permit) = connections.clone().try_acquire_owned()
         && let Ok((stream, peer)) = std_listener.accept()
     {
-        let Ok(stream) = TcpStream::from_std(stream) else {
+        // An accepted socket does not inherit the listener's O_NONBLOCK, and tokio refuses
+        // (panics on) a blocking one.
+        let Ok(stream) = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream))
+        else {
             continue;
         };
         let (ctx, builders, drain) = (ctx.clone(), builders.clone(), drained.clone());
+        let not_draining = not_draining.clone();
         tasks.spawn(async move {
             serve_connection(stream, peer, ctx, builders, drain).await;
-            drop(permit);
+            drop((permit, not_draining));
         });
     }
 }
@@ -360,6 +369,9 @@ where
         let deadline =
             (activity.deadline(limits, closing_since)).min(Instant::now() + limits.send_timeout);
         tokio::select! {
+            // The connection first: a request whose bytes have arrived is read before a drain
+            // signal closes the connection, so hyper answers it instead of closing unanswered.
+            biased;
             result = connection.as_mut() => return result.map_err(|e| e.to_string()),
             _ = drain.wait_for(|stop| *stop), if closing_since.is_none() => {
                 connection.as_mut().graceful_shutdown();

@@ -1,12 +1,14 @@
 //! End-to-end suites: each test spawns the real `fibhost` binary on port 0 with real guests and
 //! talks real HTTP to it. One test binary, several modules, to pay the link time once.
 
+mod activation;
 mod api;
 mod conformance;
 mod deploy;
 mod lifecycle;
 mod ops;
 mod outbound;
+mod prometheus;
 mod routes;
 mod serving;
 mod startup;
