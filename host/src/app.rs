@@ -25,6 +25,7 @@ use crate::server::{self, Draining};
 use crate::shards::Shards;
 use crate::swap::Swapper;
 use crate::tls::Tls;
+use crate::uwsgi;
 use crate::{admin, admin::Ctx as AdminCtx};
 
 /// A built server, ready to serve: every component loaded, checked and instantiated.
@@ -118,6 +119,7 @@ pub struct Listeners {
     public: TcpListener,
     admin: Option<TcpListener>,
     stats: Option<TcpListener>,
+    uwsgi: Option<uwsgi::Listener>,
 }
 
 impl Listeners {
@@ -167,10 +169,14 @@ impl Listeners {
                 .transpose()
                 .context("cannot bind the stats socket")?,
         };
+        let uwsgi = (config.uwsgi_socket.as_ref())
+            .map(uwsgi::Listener::bind)
+            .transpose()?;
         Ok(Listeners {
             public,
             admin,
             stats,
+            uwsgi,
         })
     }
 
@@ -188,6 +194,9 @@ impl Listeners {
         }
         if let Some(stats) = &self.stats {
             eprintln!("Stats socket on {}", stats.local_addr()?);
+        }
+        if let Some(uwsgi) = &self.uwsgi {
+            eprintln!("uwsgi socket on {}", uwsgi.local_addr());
         }
         let addr = self.public_addr()?;
         eprintln!("Serving {} on {scheme}://{addr}/", scheme.to_uppercase());
@@ -272,7 +281,30 @@ pub async fn run(
         tls,
         config.shutdown_timeout,
     );
-    server::serve(Arc::new(ctx), listeners.public, &shards, shutdown).await
+    let ctx = Arc::new(ctx);
+    // The uwsgi socket (nginx `uwsgi_pass`) serves through the same pools; it stops accepting
+    // when the drain begins and its requests in progress get the same shutdown timeout.
+    let (stop_uwsgi, uwsgi_stopped) = tokio::sync::watch::channel(false);
+    let uwsgi = listeners.uwsgi.map(|listener| {
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
+        let handles = shards.handles().to_vec();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let served = uwsgi::serve(ctx, listener, &handles, connections, uwsgi_stopped).await;
+            if let Err(e) = served {
+                tracing::error!(error = format!("{e:#}"), "the uwsgi socket stopped");
+            }
+        })
+    });
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_uwsgi.send(true);
+    };
+    server::serve(ctx, listeners.public, &shards, shutdown).await?;
+    if let Some(uwsgi) = uwsgi {
+        let _ = tokio::time::timeout(config.shutdown_timeout, uwsgi).await;
+    }
+    Ok(())
 }
 
 /// Compiling components (cranelift, on several threads) leaves megabytes of freed memory in

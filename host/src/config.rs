@@ -243,6 +243,11 @@ pub struct Settings {
     #[arg(long, env = "FIBHOST_STATS", value_name = "ADDR")]
     pub stats: Option<SocketAddr>,
 
+    /// Also accept the uwsgi protocol (nginx `uwsgi_pass`) on this address (`host:port`) or
+    /// unix socket path; requests go through the same routes, pools and limits.
+    #[arg(long, env = "FIBHOST_UWSGI_SOCKET", value_name = "ADDR|PATH")]
+    pub uwsgi_socket: Option<String>,
+
     /// Set SO_REUSEPORT on the public listener so several fibhost processes can share a port.
     #[arg(long, env = "FIBHOST_REUSE_PORT", num_args = 0..=1, default_missing_value = "true")]
     pub reuse_port: Option<bool>,
@@ -528,6 +533,7 @@ impl Settings {
             reload_dir,
             admin_insecure,
             log_query,
+            uwsgi_socket,
             response_buffer_kib,
             allow_outbound,
             outbound_max_connections,
@@ -571,6 +577,7 @@ impl Settings {
             reload_dir: self.reload_dir.or(reload_dir),
             admin_insecure: self.admin_insecure.or(admin_insecure),
             log_query: self.log_query.or(log_query),
+            uwsgi_socket: self.uwsgi_socket.or(uwsgi_socket),
             response_buffer_kib: self.response_buffer_kib.or(response_buffer_kib),
             allow_outbound: self.allow_outbound.or(allow_outbound),
             outbound_max_connections: self.outbound_max_connections.or(outbound_max_connections),
@@ -665,6 +672,10 @@ impl Settings {
                 )?,
             },
             max_component_bytes: mib("max-component-size", max_component_mib)?,
+            uwsgi_socket: self
+                .uwsgi_socket
+                .as_deref()
+                .map(|a| a.parse().expect("any text is an address or a path")),
             reload_dir: self.reload_dir,
             access_log: !self.disable_logging.unwrap_or(false),
             log_query: self.log_query.unwrap_or(true),
@@ -893,8 +904,39 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Largest component file read.
     pub max_component_bytes: u64,
+    /// The uwsgi socket's address, if enabled.
+    pub uwsgi_socket: Option<UwsgiAddress>,
     /// Where the admin API may load components from, if restricted.
     pub reload_dir: Option<PathBuf>,
+}
+
+/// Where the uwsgi socket listens: a TCP address, or a unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UwsgiAddress {
+    /// `host:port`.
+    Tcp(SocketAddr),
+    /// A path (anything that is not an address).
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for UwsgiAddress {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> std::result::Result<UwsgiAddress, Self::Err> {
+        Ok(match text.parse() {
+            Ok(addr) => UwsgiAddress::Tcp(addr),
+            Err(_) => UwsgiAddress::Unix(PathBuf::from(text)),
+        })
+    }
+}
+
+impl std::fmt::Display for UwsgiAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UwsgiAddress::Tcp(addr) => write!(f, "{addr}"),
+            UwsgiAddress::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 /// The certificate chain and key of the HTTPS listener.

@@ -35,6 +35,7 @@
 //! - [`request_id`]: the id that joins a request's log lines.
 //! - [`signals`]: SIGTERM/SIGINT as a shutdown future, SIGHUP as a stream of reloads.
 //! - [`tls`]: HTTPS: rustls configuration from PEM files, reloadable.
+//! - [`uwsgi`]: the uwsgi protocol listener (nginx `uwsgi_pass`), served through the same path.
 
 pub mod activation;
 pub mod admin;
@@ -58,6 +59,7 @@ pub mod signals;
 pub mod state;
 pub mod swap;
 pub mod tls;
+pub mod uwsgi;
 
 pub use app::{App, Listeners, run};
 pub use config::Config;

@@ -142,16 +142,16 @@ impl OutboundMetrics {
         let class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from((status / 100).clamp(1, 5)) - 1];
         let labels = vec![
-            ("route", route.to_string()),
-            ("destination", destination.to_string()),
-            ("class", class.to_string()),
+            ("route", route.into()),
+            ("destination", destination.into()),
+            ("class", class.into()),
         ];
         self.responses.get_or_create(&labels).inc();
     }
 
     /// Counts an outbound request that failed with `kind` (denied, refused, timeout…).
     pub fn error(&self, route: &str, kind: &'static str) {
-        let labels = vec![("route", route.to_string()), ("kind", kind.to_string())];
+        let labels = vec![("route", route.into()), ("kind", kind.into())];
         self.errors.get_or_create(&labels).inc();
     }
 }

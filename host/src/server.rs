@@ -109,6 +109,13 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// The limits on clients (the uwsgi listener applies them too).
+    pub(crate) fn limits(&self) -> &HttpLimits {
+        &self.limits
+    }
+}
+
 /// Binds a listening socket, with SO_REUSEPORT when asked (several fibhost processes then
 /// share the port; the kernel spreads connections among them). `flag` names the option that
 /// sets this address, for the hint.

@@ -24,10 +24,10 @@ fn repo() -> PathBuf {
 }
 
 /// A fresh scratch directory under cargo's per-target temp dir, removed on drop.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
-    fn new(name: &str) -> Scratch {
+    pub(crate) fn new(name: &str) -> Scratch {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("deploy-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -43,7 +43,7 @@ impl Drop for Scratch {
 }
 
 /// A loopback port that was free a moment ago (nginx cannot be told to pick one itself).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("cannot bind a loopback port")
@@ -129,7 +129,7 @@ fn nginx_config(
 }
 
 /// A running nginx, stopped on drop (its error log printed if the test failed).
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     addr: SocketAddr,
     scratch: Scratch,
@@ -137,7 +137,7 @@ struct Nginx {
 
 impl Nginx {
     /// Starts nginx with `config` in `scratch` and waits until it accepts connections.
-    fn start(scratch: Scratch, config: &str, addr: SocketAddr) -> Nginx {
+    pub(crate) fn start(scratch: Scratch, config: &str, addr: SocketAddr) -> Nginx {
         let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -174,11 +174,11 @@ impl Nginx {
         nginx
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         ["stderr.log", "error.log"]
             .iter()
             .map(|f| fs::read_to_string(self.scratch.0.join(f)).unwrap_or_default())

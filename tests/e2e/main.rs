@@ -13,6 +13,7 @@ mod routes;
 mod serving;
 mod startup;
 mod swap;
+mod uwsgi;
 mod wsgi;
 
 /// Path of the `fibhost` binary cargo built for this test run.
