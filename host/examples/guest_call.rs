@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use fibhost::config::{RouteConfig, Settings};
-use fibhost::engine::{Loader, new_engine_with, start_epoch_ticker};
+use fibhost::engine::{Loader, new_engine, start_epoch_ticker};
 use fibhost::guest::{Instance, LiveInstances, Setup, reply};
 use fibhost::outbound::Outbound;
 use fibhost::outcome::Outcome;
@@ -51,9 +51,7 @@ async fn measure(component: PathBuf) -> Result<()> {
         ..Settings::default()
     };
     let spec: RouteConfig = settings.resolve()?.routes.remove(0);
-    // `FIBHOST_CONCURRENCY_SUPPORT=1` measures with wasmtime's concurrency support on (A/B).
-    let concurrency = std::env::var("FIBHOST_CONCURRENCY_SUPPORT").is_ok_and(|v| v == "1");
-    let engine = new_engine_with(1, spec.lifecycle.memory_limit_bytes, concurrency)?;
+    let engine = new_engine(1, spec.lifecycle.memory_limit_bytes)?;
     start_epoch_ticker(&engine);
     let version = Loader::new(engine, None, u64::MAX)?
         .load(&component)
@@ -76,8 +74,7 @@ async fn measure(component: PathBuf) -> Result<()> {
     // The one line of output, read by bench/harness.py.
     writeln!(
         std::io::stdout(),
-        "guest call: {best:.2} us per GET /9000 (serve + body), fastest of {ROUNDS} rounds of {CALLS} (concurrency support {})",
-        if concurrency { "on" } else { "off" }
+        "guest call: {best:.2} us per GET /9000 (serve + body), fastest of {ROUNDS} rounds of {CALLS}"
     )?;
     Ok(())
 }

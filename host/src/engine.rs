@@ -38,22 +38,14 @@ const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
 /// `workers` is the total over all components and sizes the pooling allocator;
 /// `max_memory_bytes` is the largest per-instance memory limit of any component.
 pub fn new_engine(workers: usize, max_memory_bytes: u64) -> Result<Engine> {
-    new_engine_with(workers, max_memory_bytes, false)
-}
-
-/// [`new_engine`], choosing wasmtime's concurrency support (for the benchmark's A/B).
-///
-/// Off for fibhost: `wasi:http@0.2` components never use the component model's async
-/// features, and with it on every host→guest entry and host call pays for the task
-/// bookkeeping (wasmtime's own numbers: ~800 ns against ~300 ns per entry). A WASIp3 guest
-/// would need it on, in an engine of its own.
-pub fn new_engine_with(
-    workers: usize,
-    max_memory_bytes: u64,
-    concurrency_support: bool,
-) -> Result<Engine> {
     let mut config = Config::new();
-    config.concurrency_support(concurrency_support);
+    // `wasi:http@0.2` components never use the component model's async features, and with
+    // concurrency support on, every host→guest entry and host call pays for task bookkeeping
+    // (wasmtime's numbers: ~800 ns against ~300 ns per entry). This build does not compile
+    // wasmtime's `component-model-async` feature, so it is off already (asking for it on fails
+    // with "not compiled into this build"); said explicitly so that enabling the feature, for
+    // WASIp3 guests, cannot turn it on for the p2 engine unnoticed.
+    config.concurrency_support(false);
     // Epoch interruption, not fuel: one atomic load per loop back-edge instead of counting
     // every instruction.
     config.epoch_interruption(true);
@@ -283,7 +275,7 @@ fn read_component(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     );
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     // `take`: the file may grow between the check and the read.
-    file.take(max_bytes + 1)
+    file.take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read component `{shown}`"))?;
     anyhow::ensure!(

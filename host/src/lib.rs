@@ -9,7 +9,8 @@
 //! Composition:
 //! - [`app`]: [`App::build`] (all fallible work before binding), [`Listeners`], and [`run`],
 //!   the one entry that serves a built app (the binary and in-process tests call it).
-//! - [`config`]: defaults, config file and command line merged into one validated [`Config`].
+//! - [`config`]: defaults, config file and command line merged into one validated [`Config`];
+//!   [`cli`]: the command line (clap) over it.
 //! - [`activation`]: listening sockets handed over by systemd (socket activation).
 //!
 //! Requests, outside in:
@@ -41,6 +42,7 @@ pub mod activation;
 pub mod admin;
 pub mod app;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -28,6 +28,7 @@ use prometheus_client::registry::Registry;
 use tracing_appender::non_blocking::ErrorCounter;
 
 use crate::guest::LiveInstances;
+use crate::outbound::OutboundMetrics;
 use crate::outcome::Recycle;
 use crate::pool::{Pool, unix_now};
 
@@ -127,33 +128,6 @@ pub struct Metrics {
     in_flight: Family<Labels, Gauge>,
     swaps: Family<Labels, Counter>,
     outbound: OutboundMetrics,
-}
-
-/// Outbound requests by route, destination and status class, and errors by kind.
-#[derive(Clone, Default)]
-pub struct OutboundMetrics {
-    responses: Family<Labels, Counter>,
-    errors: Family<Labels, Counter>,
-}
-
-impl OutboundMetrics {
-    /// Counts a response from `destination` with `status`.
-    pub fn response(&self, route: &str, destination: &str, status: u16) {
-        let class =
-            ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from((status / 100).clamp(1, 5)) - 1];
-        let labels = vec![
-            ("route", route.into()),
-            ("destination", destination.into()),
-            ("class", class.into()),
-        ];
-        self.responses.get_or_create(&labels).inc();
-    }
-
-    /// Counts an outbound request that failed with `kind` (denied, refused, timeout…).
-    pub fn error(&self, route: &str, kind: &'static str) {
-        let labels = vec![("route", route.into()), ("kind", kind.into())];
-        self.errors.get_or_create(&labels).inc();
-    }
 }
 
 /// One route's request-path handles, resolved once; a clone is one reference count.

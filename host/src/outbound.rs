@@ -19,7 +19,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use crate::config::OutboundConfig;
-use crate::metrics::OutboundMetrics;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 type Connector = Capped<hyper_rustls::HttpsConnector<HttpConnector>>;
 
@@ -288,4 +289,36 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Outbound requests by route, destination and status class, and errors by kind.
+///
+/// Defined here, not in `metrics`, so that this low room imports nothing above it; the
+/// registry registers both families.
+#[derive(Clone, Default)]
+pub struct OutboundMetrics {
+    /// Responses by route, destination and status class.
+    pub responses: Family<Vec<(&'static str, String)>, Counter>,
+    /// Failures by route and kind.
+    pub errors: Family<Vec<(&'static str, String)>, Counter>,
+}
+
+impl OutboundMetrics {
+    /// Counts a response from `destination` with `status`.
+    pub fn response(&self, route: &str, destination: &str, status: u16) {
+        let class =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from((status / 100).clamp(1, 5)) - 1];
+        let labels = vec![
+            ("route", route.to_string()),
+            ("destination", destination.to_string()),
+            ("class", class.to_string()),
+        ];
+        self.responses.get_or_create(&labels).inc();
+    }
+
+    /// Counts an outbound request that failed with `kind` (denied, refused, timeout…).
+    pub fn error(&self, route: &str, kind: &'static str) {
+        let labels = vec![("route", route.to_string()), ("kind", kind.to_string())];
+        self.errors.get_or_create(&labels).inc();
+    }
 }

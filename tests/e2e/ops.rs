@@ -490,3 +490,33 @@ async fn a_stalled_log_reader_costs_log_lines_not_requests() {
     let _ = child.wait();
     drop(log);
 }
+
+/// The admin listener has the public listener's bounds: a client that sends nothing is closed
+/// after the header-read timeout, and the listener keeps answering.
+#[test]
+fn a_silent_admin_client_is_closed() {
+    let server = crate::start(
+        guests::FIB,
+        &[
+            "--workers",
+            "1",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--header-read-timeout",
+            "1",
+        ],
+    );
+    let admin = server.logged_addr("Admin listening on http://");
+    let mut silent = std::net::TcpStream::connect(admin).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = silent.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "the silent admin client was not closed: {closed:?}"
+    );
+    let (ok, out, _) = fibhost_e2e::curl(&[&format!("http://{admin}/healthz")]);
+    assert!(ok && out.contains("ok"), "{out}");
+}

@@ -480,3 +480,16 @@ async fn a_buffered_response_frees_its_worker_before_the_client_reads_it() {
         all.extend_from_slice(&buf[..n]);
     }
 }
+
+/// Two `Host` headers make a request invalid (RFC 9112 §3.2): 400, the guest never sees it.
+#[test]
+fn two_host_headers_are_a_bad_request() {
+    let server = start(guests::FIB, &["--workers", "1"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(b"GET /5 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .unwrap();
+    let (status, body) = read_response(&mut stream);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("more than one `Host` header"), "{body}");
+}

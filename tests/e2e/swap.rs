@@ -475,3 +475,55 @@ async fn a_swap_to_a_component_that_never_starts_is_rejected() {
         "v2"
     );
 }
+
+/// A cache entry is bound to its component: a sound entry of another component copied under
+/// this component's name is refused (and rebuilt), not served. And a cache directory that
+/// other users may write to is refused at startup.
+#[test]
+fn cache_entries_are_bound_to_their_component_and_the_directory_to_its_owner() {
+    let dir = temp_dir("cache-bound");
+    let cache = dir.join("cache");
+    let args = |component: &'static str| {
+        vec![
+            "--component".to_string(),
+            component.to_string(),
+            "--workers".into(),
+            "1".into(),
+            "--cache-dir".into(),
+            cache.to_str().unwrap().into(),
+        ]
+    };
+    let start_with = |component: &'static str| {
+        let owned = args(component);
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        Server::start(fibhost(), &refs)
+    };
+    let entries = || -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = (std::fs::read_dir(&cache).unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect();
+        found.sort();
+        found
+    };
+    drop(start_with(guests::TESTBED));
+    let testbed_entry = entries().pop().unwrap();
+    drop(start_with(guests::TESTBED_V2));
+    let v2_entry = entries().into_iter().find(|p| *p != testbed_entry).unwrap();
+    // v2's sound entry, planted under v1's name.
+    std::fs::copy(&v2_entry, &testbed_entry).unwrap();
+    let server = start_with(guests::TESTBED);
+    server.wait_for_output(
+        "ignoring a corrupt or incompatible cache entry",
+        Duration::from_secs(10),
+    );
+    assert_eq!(fibhost_e2e::curl(&[&server.url("/version")]).1, "v1");
+    drop(server);
+
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let owned = args(guests::TESTBED);
+    let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let out = crate::fails(&refs);
+    assert!(out.contains("is writable by other users"), "{out}");
+}
