@@ -89,6 +89,9 @@ STARTUP_TIMEOUT_SECS=120
 # The upper bound on one ab run; ab prints what it has when interrupted with SIGINT.
 AB_TIMEOUT_SECS=600
 
+TAG=bench
+# shellcheck source=../scripts/lib.sh
+source "$ROOT/scripts/lib.sh" # as_root, apt_install, venv (its die is replaced below)
 log() { printf '%s\n' "$*" >&2; }
 die() { log "run.sh: error: $*"; exit 1; }
 
@@ -123,8 +126,6 @@ trap 'exit 143' TERM
 
 # --- setup -------------------------------------------------------------------------------
 
-as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
-
 setup_apt() {
     local missing=()
     command -v ab >/dev/null || missing+=(apache2-utils)
@@ -132,8 +133,7 @@ setup_apt() {
     command -v curl >/dev/null || missing+=(curl)
     ((${#missing[@]})) || return 0
     log "== apt-get install ${missing[*]}"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
 }
 
 setup_venv() {
@@ -142,8 +142,7 @@ setup_venv() {
         return 0
     fi
     log "== venv $VENV: pip install -r bench/uwsgi/requirements.txt (uWSGI compiles, ~1 min)"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q -r bench/uwsgi/requirements.txt
+    pip_install "$VENV" -q -r bench/uwsgi/requirements.txt
     cp bench/uwsgi/requirements.txt "$VENV/requirements.txt"
 }
 
@@ -555,5 +554,15 @@ if ((${#FAILURES[@]})); then
     printf '%s\n' "${FAILURES[@]}" >>"$RUN_DIR/notes.tsv"
 fi
 python3 bench/harness.py report "$RUN_DIR" "$RESULTS/latest.md"
+# The hostile-client row: good requests while silent, slow-read and zero-window connections are
+# held (bench/hostile.py; 10 s, or 5 with --quick).
+if [[ fibhost =~ $ONLY ]] && [[ -x $FIBHOST && -f guests/fib.wasm ]]; then
+    log "== hostile clients"
+    {
+        printf '\n## Hostile clients\n\n| System | good requests |\n|---|---|\n'
+        timeout 120 python3 bench/hostile.py "$FIBHOST" guests/fib.wasm --seconds "$KEEPALIVE_SECS" ||
+            printf '| fibhost | the hostile-client run failed; see above |\n'
+    } >>"$RESULTS/latest.md"
+fi
 log ""
 cat "$RESULTS/latest.md"
