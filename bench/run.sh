@@ -165,7 +165,8 @@ setup_builds() {
     [[ -x scripts/setup.sh ]] && scripts/setup.sh # the wasm32-wasip2 target
     if [[ -x scripts/build-guests.sh ]]; then
         scripts/build-guests.sh || build_failed guests/fib.wasm "scripts/build-guests.sh"
-    elif cargo build --manifest-path guests/Cargo.toml --target wasm32-wasip2 --release -p fib; then
+    elif cargo build --manifest-path guests/Cargo.toml --target wasm32-wasip2 --release -p fib \
+        --target-dir guests/target; then
         cp guests/target/wasm32-wasip2/release/fib.wasm guests/fib.wasm
     else
         build_failed guests/fib.wasm "the fib guest build"

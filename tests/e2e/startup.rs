@@ -149,3 +149,23 @@ fn an_instantiation_that_never_ends_is_bounded() {
     ]);
     assert!(out.contains("did not finish within 1s"), "{out}");
 }
+
+/// `--env NAME=value` keeps commas in the value, and grants only the name it names: a value
+/// that mentions another variable does not hand that one to the guest.
+#[test]
+fn env_values_keep_their_commas_and_grant_nothing_else() {
+    let server = Server::start(
+        fibhost(),
+        &[
+            "--component",
+            guests::TESTBED,
+            "--workers",
+            "1",
+            "--env",
+            "LIST=a,HOME",
+        ],
+    );
+    let get = |path: &str| fibhost_e2e::curl(&["-s", "-w", " %{http_code}", &server.url(path)]).1;
+    assert_eq!(get("/env?name=LIST"), "a,HOME 200");
+    assert_eq!(get("/env?name=HOME"), "unset 404");
+}
