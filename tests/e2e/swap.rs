@@ -527,3 +527,45 @@ fn cache_entries_are_bound_to_their_component_and_the_directory_to_its_owner() {
     let out = crate::fails(&refs);
     assert!(out.contains("is writable by other users"), "{out}");
 }
+
+/// A swap started through the admin API completes even if its caller disconnects while it is
+/// under way: the new version serves, the route records its file, and the swap is counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_swap_completes_when_its_caller_leaves() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--admin-listen",
+            "127.0.0.1:0",
+            // The warm-up makes the swap take a while: long enough to leave in the middle.
+            "--warmup",
+            "/sleep?ms=1500",
+        ],
+    );
+    let admin = server.logged_addr("Admin listening on http://");
+    let mut caller = std::net::TcpStream::connect(admin).unwrap();
+    let request = format!(
+        "POST /admin/reload?component={} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        guests::TESTBED_V2
+    );
+    std::io::Write::write_all(&mut caller, request.as_bytes()).unwrap();
+    drop(caller); // gone before the warm-up ends
+    server.wait_for_output("swapped component", Duration::from_secs(60));
+    let http = Http::new();
+    assert_eq!(
+        http.get(&server.url("/version")).await.unwrap().text(),
+        "v2"
+    );
+    let status = http
+        .get(&format!("http://{admin}/admin/status"))
+        .await
+        .unwrap()
+        .text();
+    assert!(status.contains("testbed.wasm"), "{status}");
+    assert!(
+        status.contains(guests::TESTBED_V2) || status.contains("testbed-v2.wasm"),
+        "the route does not record the new file: {status}"
+    );
+}
