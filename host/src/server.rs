@@ -327,11 +327,15 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let limit = ctx.limits.header_read_timeout;
+    // A second handle on the socket, to look for bytes the kernel holds but the runtime has not
+    // reported yet (see `serve_stream`'s drain).
+    let probe = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
     let result = match ctx.tls.clone() {
-        None => serve_stream(stream, peer, &ctx, &builders, Scheme::Http, drain).await,
+        None => serve_stream(stream, peer, &ctx, &builders, Scheme::Http, drain, probe).await,
         Some(tls) => match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
             Ok(Ok(stream)) => {
-                serve_stream(stream, peer, &ctx, &builders, Scheme::Https, drain).await
+                let scheme = Scheme::Https;
+                serve_stream(stream, peer, &ctx, &builders, scheme, drain, probe).await
             }
             Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
             Err(_) => Err("no TLS handshake within the header-read timeout".into()),
@@ -349,6 +353,7 @@ async fn serve_stream<S>(
     builders: &Builders,
     scheme: Scheme,
     mut drain: watch::Receiver<bool>,
+    probe: Option<std::os::fd::OwnedFd>,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -370,6 +375,7 @@ where
     let mut connection = std::pin::pin!(builder.serve_connection(io, service));
     let limits = &ctx.limits;
     let mut closing_since: Option<Instant> = None;
+    let mut drain_seen = false;
     loop {
         // Looked at again within `send-timeout` whatever the state: a request that starts (or
         // stalls) on an idle connection changes the deadline without waking the watchdog.
@@ -380,9 +386,19 @@ where
             // signal closes the connection, so hyper answers it instead of closing unanswered.
             biased;
             result = connection.as_mut() => return result.map_err(|e| e.to_string()),
-            _ = drain.wait_for(|stop| *stop), if closing_since.is_none() => {
-                connection.as_mut().graceful_shutdown();
-                closing_since = Some(Instant::now());
+            _ = drain.wait_for(|stop| *stop), if !drain_seen => {
+                drain_seen = true;
+                // An idle HTTP/1 connection whose client already sent its next request (the
+                // bytes are in the kernel, not yet reported to the runtime) is not closed: the
+                // request is served, its response says `Connection: close`, and hyper closes
+                // the connection after it.
+                let sent = !is_h2
+                    && activity.in_flight.load(Ordering::Relaxed) == 0
+                    && probe.as_ref().is_some_and(has_unread_bytes);
+                if !sent {
+                    connection.as_mut().graceful_shutdown();
+                    closing_since = Some(Instant::now());
+                }
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 match activity.verdict(limits, closing_since, Instant::now()) {
@@ -399,6 +415,13 @@ where
             }
         }
     }
+}
+
+/// Whether the kernel holds bytes the client sent that nobody has read yet.
+fn has_unread_bytes(socket: &std::os::fd::OwnedFd) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // The duplicate shares the socket's O_NONBLOCK: no data is `WouldBlock`, not a wait.
+    matches!(socket2::SockRef::from(socket).peek(&mut byte), Ok(n) if n > 0)
 }
 
 /// Reads the first bytes of a connection to tell HTTP/2 prior knowledge (the preface) from

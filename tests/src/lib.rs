@@ -215,11 +215,25 @@ impl Server {
 
     /// Sends a signal by name (`TERM`, `INT`, `HUP`).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("cannot run kill");
-        assert!(status.success(), "kill -{name} failed");
+        let signal = match name {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            "HUP" => libc::SIGHUP,
+            other => panic!("no signal `{other}` in this harness"),
+        };
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        #[expect(
+            unsafe_code,
+            reason = "kill(2) with a pid of our own child and a valid signal"
+        )]
+        // SAFETY: kill has no memory-safety preconditions; the pid is our running child's.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            sent,
+            0,
+            "kill -{name} failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Waits for the process to exit (and its output to be read), up to `limit`.
