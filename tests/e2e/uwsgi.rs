@@ -171,8 +171,10 @@ fn bad_packets_close_their_connection_only() {
     ];
     for (name, bytes) in cases {
         let mut stream = TcpStream::connect(addr).unwrap();
-        stream.write_all(&bytes).unwrap();
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        // The server may close (or reset) as soon as it has seen enough of a bad packet: a
+        // write or shutdown that then fails is the behaviour under test, not an error.
+        let _ = stream.write_all(&bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
