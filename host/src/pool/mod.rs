@@ -99,8 +99,6 @@ pub struct Pool {
 
 struct Inner {
     setup: Setup,
-    /// The route's settings (also in `setup`; here for brevity).
-    route: Arc<RouteConfig>,
     /// One per event-loop thread, by shard index (a lane may have no workers).
     lanes: Vec<Lane>,
     generation: watch::Sender<Arc<Generation>>,
@@ -148,7 +146,6 @@ impl Pool {
             .collect();
         let inner = Arc::new(Inner {
             setup,
-            route,
             lanes,
             generation: watch::Sender::new(generation.clone()),
             swapping: tokio::sync::Mutex::new(()),
@@ -169,7 +166,7 @@ impl Pool {
 
     /// The route this pool serves.
     pub fn route(&self) -> &RouteConfig {
-        &self.inner.route
+        &self.inner.setup.route
     }
 
     /// What its instances are made with (a swap's warm-up instance too).
@@ -179,7 +176,7 @@ impl Pool {
 
     /// Number of workers.
     pub fn workers(&self) -> usize {
-        self.inner.route.workers
+        self.inner.setup.route.workers
     }
 
     /// Jobs waiting for a worker.
@@ -206,7 +203,7 @@ impl Pool {
         id: RequestId,
     ) -> Result<hyper::Response<PoolBody>, ServeError> {
         let inner = &self.inner;
-        let (workers, queue) = (inner.route.workers, inner.route.queue);
+        let (workers, queue) = (inner.setup.route.workers, inner.setup.route.queue);
         let held: usize = inner
             .lanes
             .iter()
@@ -255,7 +252,7 @@ impl Pool {
         let _one_at_a_time = inner.swapping.lock().await;
         let id = version.id.clone();
         let next = Arc::new(
-            Generation::prepare(version, &inner.setup, inner.route.workers)
+            Generation::prepare(version, &inner.setup, inner.setup.route.workers)
                 .await
                 .context("cannot instantiate the new component")?,
         );
@@ -263,6 +260,7 @@ impl Pool {
         old.retire();
         tokio::spawn(inner.clone().keep_spares(next.clone()));
         let wait = inner
+            .setup
             .route
             .lifecycle
             .request_timeout
@@ -285,7 +283,7 @@ impl Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("route", &self.inner.route.prefix)
+            .field("route", &self.inner.setup.route.prefix)
             .finish()
     }
 }
@@ -343,7 +341,7 @@ impl Inner {
                 }
                 Err(e) => {
                     tracing::error!(
-                        route = %self.route.prefix,
+                        route = %self.setup.route.prefix,
                         error = format!("{e:#}"),
                         "cannot instantiate a spare instance; retrying"
                     );
@@ -378,7 +376,7 @@ enum Event {
 impl Worker {
     fn new(id: usize, shard: usize, pool: Arc<Inner>, instance: Instance) -> Worker {
         let generation = pool.generation.subscribe();
-        let drawn = draw(&pool.route, &instance);
+        let drawn = draw(&pool.setup.route, &instance);
         instance.assign(id);
         pool.stats.workers[id - 1].spawned(instance.memory_bytes());
         Worker {
@@ -412,7 +410,7 @@ impl Worker {
                 Event::LifetimeOver => self.recycle_if_spare_ready(),
             }
         }
-        tracing::debug!(route = %self.pool.route.prefix, worker = self.id, "worker stopped");
+        tracing::debug!(route = %self.pool.setup.route.prefix, worker = self.id, "worker stopped");
     }
 
     async fn serve(&mut self, job: Job) {
@@ -427,7 +425,7 @@ impl Worker {
         stats.busy.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let (method, uri) = (job.request.method().clone(), job.request.uri().clone());
-        let timeout = self.pool.route.lifecycle.request_timeout;
+        let timeout = self.pool.setup.route.lifecycle.request_timeout;
         let outcome = (self.instance)
             .serve(job.request, job.scheme, &job.reply, &job.id, timeout)
             .await;
@@ -470,7 +468,7 @@ impl Worker {
         (stats.instance_requests).store(self.instance.served(), Ordering::Relaxed);
         (stats.memory_bytes).store(self.instance.memory_bytes(), Ordering::Relaxed);
         (stats.busy_micros).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let route = &*self.pool.route.prefix;
+        let route = &*self.pool.setup.route.prefix;
         let (worker, request_id) = (self.id, id.to_string());
         match outcome {
             Outcome::Answered | Outcome::Refused(_) => return,
@@ -491,7 +489,7 @@ impl Worker {
     /// The recycling limits for the current instance: a version that serves one request per
     /// instance gets a fresh instance per request, whatever `max-requests` says.
     fn limits(&self) -> crate::config::Lifecycle {
-        let mut limits = self.pool.route.lifecycle;
+        let mut limits = self.pool.setup.route.lifecycle;
         if self.instance.version().serves_once.load(Ordering::Relaxed) {
             limits.max_requests = 1;
         }
@@ -507,7 +505,7 @@ impl Worker {
             && self.instance.served() == 2
             && !version.serves_once.swap(true, Ordering::Relaxed)
         {
-            tracing::warn!(route = %self.pool.route.prefix, version = version.short(), "the guest returned without a response on an instance's second request: it serves one request per instance; each request now gets a fresh instance (as with max-requests = 1)");
+            tracing::warn!(route = %self.pool.setup.route.prefix, version = version.short(), "the guest returned without a response on an instance's second request: it serves one request per instance; each request now gets a fresh instance (as with max-requests = 1)");
         }
     }
 
@@ -541,7 +539,7 @@ impl Worker {
             match self.pool.instantiate(&generation).await {
                 Ok(fresh) => return self.install(fresh, &generation, reason),
                 Err(e) => tracing::error!(
-                    route = %self.pool.route.prefix,
+                    route = %self.pool.setup.route.prefix,
                     worker = self.id,
                     error = format!("{e:#}"),
                     "cannot instantiate a replacement; waiting for a spare"
@@ -565,9 +563,9 @@ impl Worker {
         self.pool.stats.workers[self.id - 1].respawned(fresh.memory_bytes());
         self.pool.stats.recycles[reason as usize].fetch_add(1, Ordering::Relaxed);
         let old = std::mem::replace(&mut self.instance, fresh);
-        self.drawn = draw(&self.pool.route, &self.instance);
+        self.drawn = draw(&self.pool.setup.route, &self.instance);
         tracing::info!(
-            route = %self.pool.route.prefix,
+            route = %self.pool.setup.route.prefix,
             worker = self.id,
             reason = reason.as_str(),
             served = old.served(),
