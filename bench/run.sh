@@ -11,13 +11,13 @@
 #   --oha            keep-alive load with oha instead of wrk (cargo install --locked oha if missing)
 #   --with-wasmtime  cargo install --locked wasmtime-cli@48.0.8 if `wasmtime` 48 is missing
 #                    (~10 min on 2 cores); without it `wasmtime serve` runs only if installed
-#   --fibhost PATH   measure this fibhost binary instead of building target/release/fibhost
+#   --fibhost PATH   measure this fibhost binary instead of building target/profiling/fibhost
 #                    (e.g. one built from another commit while the working tree is mid-edit)
 #   --no-setup       skip apt, the venv and the builds (use what is there)
 #
 # One run:
 #   1. Setup: apt-get installs ab (apache2-utils) and wrk if missing; target/bench-venv gets
-#      bench/uwsgi/requirements.txt; release builds of fibhost and bench/native; the fib guest
+#      bench/uwsgi/requirements.txt; builds of fibhost (profile `profiling`: release with symbols) and bench/native (release); the fib guest
 #      (scripts/build-guests.sh if present, else cargo + copy to guests/fib.wasm).
 #   2. Systems, each started afresh for every measurement, listening on 127.0.0.1 only:
 #      native (bench/native), fibhost with the access log on and off, fibhost with 4 workers
@@ -152,12 +152,12 @@ setup_builds() {
     log "== cargo build --release -p fib-native"
     cargo build --release -p fib-native
     if [[ -z $FIBHOST ]]; then
-        log "== cargo build --release -p fibhost"
-        cargo build --release -p fibhost || build_failed target/release/fibhost "the fibhost release build"
+        log "== cargo build --profile profiling -p fibhost"
+        cargo build --profile profiling -p fibhost || build_failed target/profiling/fibhost "the fibhost profiling build"
     fi
-    log "== cargo build --release -p fibhost --example guest_call"
-    cargo build --release -p fibhost --example guest_call ||
-        build_failed target/release/examples/guest_call "the guest_call build"
+    log "== cargo build --profile profiling -p fibhost --example guest_call"
+    cargo build --profile profiling -p fibhost --example guest_call ||
+        build_failed target/profiling/examples/guest_call "the guest_call build"
     log "== guests/flask-fib.wasm (scripts/build-wsgi-guest.sh)"
     scripts/build-wsgi-guest.sh app:app --app-dir examples/flask-fib -o guests/flask-fib.wasm ||
         build_failed guests/flask-fib.wasm "the flask-fib build"
@@ -212,7 +212,7 @@ if [[ -n $FIBHOST ]]; then
     [[ -x $FIBHOST ]] || die "--fibhost \`$FIBHOST\` is not an executable"
     NOTES+=("fibhost binary: \`$FIBHOST\` of $(date -u -r "$FIBHOST" '+%Y-%m-%d %H:%M UTC'), not the working tree's")
 else
-    FIBHOST=target/release/fibhost
+    FIBHOST=target/profiling/fibhost
 fi
 [[ -x target/release/fib-native ]] || die "\`target/release/fib-native\` is missing; run without --no-setup"
 
@@ -534,9 +534,9 @@ printf '%s\n' "${NOTES[@]}" >"$RUN_DIR/notes.tsv"
 
 # The guest call alone (host/examples/guest_call.rs): the report's bound on how close to native
 # a host on this wasmtime can come.
-if [[ -x target/release/examples/guest_call && -f guests/fib.wasm ]]; then
+if [[ -x target/profiling/examples/guest_call && -f guests/fib.wasm ]]; then
     log "== the guest call in isolation"
-    timeout 300 target/release/examples/guest_call guests/fib.wasm | tee "$RUN_DIR/guest_call.txt" >&2 ||
+    timeout 300 target/profiling/examples/guest_call guests/fib.wasm | tee "$RUN_DIR/guest_call.txt" >&2 ||
         log "run.sh: warning: guest_call failed; the report leaves its bound out"
 fi
 
