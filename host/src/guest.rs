@@ -114,6 +114,8 @@ pub struct Instance {
     born: Instant,
     served: u64,
     memory_bytes: Arc<AtomicUsize>,
+    /// Host memory held through the guest's resources, as of its last request.
+    host_bytes: u64,
     tag: Arc<OutputTag>,
     live: LiveInstances,
 }
@@ -158,6 +160,7 @@ impl Instance {
             born: Instant::now(),
             served: 0,
             memory_bytes,
+            host_bytes: 0,
             tag,
             live: live.clone(),
         })
@@ -178,9 +181,11 @@ impl Instance {
         self.served
     }
 
-    /// Current linear memory of the instance, in bytes.
+    /// The instance's memory, in bytes: its linear memories (now) plus the host memory its
+    /// resources hold (as of its last request; see [`GuestState::host_bytes`]). What the
+    /// memory metric shows and `reload-on-memory` compares.
     pub fn memory_bytes(&self) -> u64 {
-        self.memory_bytes.load(Ordering::Relaxed) as u64
+        self.memory_bytes.load(Ordering::Relaxed) as u64 + self.host_bytes
     }
 
     /// Records which worker this instance now serves for (its output lines say so).
@@ -218,7 +223,8 @@ impl Instance {
         outcome
     }
 
-    fn finish_request(&self) {
+    fn finish_request(&mut self) {
+        self.host_bytes = self.store.data_mut().host_bytes() as u64;
         self.tag.flush();
         self.tag.set_request(None);
     }

@@ -465,7 +465,7 @@ impl Collector for PoolCollector {
         gauge(
             e,
             "fibhost_instance_memory_bytes",
-            "Linear memory of each worker's current instance",
+            "Memory of each worker's current instance: its linear memory plus the host memory its resources hold",
             self.pools.iter().flat_map(|p| {
                 p.stats().workers.iter().enumerate().map(move |(i, w)| {
                     let bytes = w.memory_bytes.load(Ordering::Relaxed) as i64;

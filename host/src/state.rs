@@ -2,6 +2,7 @@
 //! limiter, where the guest's output goes and what it may send out. Nothing here knows about
 //! pools or requests; [`crate::guest`] builds it, [`crate::engine`] links against it.
 
+use std::any::Any;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,9 @@ use tokio::io::AsyncWrite;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks};
+use wasmtime_wasi_http::{FieldMap, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks};
 
 use crate::outbound::{Outbound, Sent};
 use crate::request_id::RequestId;
@@ -83,6 +85,32 @@ impl GuestState {
     /// The limiter the store must be given (`store.limiter(|s| s.limiter())`).
     pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.memory
+    }
+
+    /// Host memory the guest holds through the resources it has not dropped: each entry's own
+    /// size, plus the names and values of its `fields`. A guest that keeps fields alive across
+    /// requests grows this, not its linear memory; [`crate::guest::Instance::memory_bytes`]
+    /// adds it so that the memory metric and `reload-on-memory` see it. Bytes in flight inside
+    /// a body stream are not visible here; each write holds at most [`HOST_BUFFER_BYTES`].
+    pub fn host_bytes(&mut self) -> usize {
+        self.table.iter_mut().map(held_bytes).sum()
+    }
+}
+
+/// What one resource-table entry holds on the host (see [`GuestState::host_bytes`]).
+fn held_bytes(entry: &mut (dyn Any + Send)) -> usize {
+    if let Some(fields) = entry.downcast_ref::<FieldMap>() {
+        let contents: usize = fields
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        size_of::<FieldMap>() + contents
+    } else if let Some(stream) = entry.downcast_ref::<DynOutputStream>() {
+        size_of_val(&**stream)
+    } else if let Some(stream) = entry.downcast_ref::<DynInputStream>() {
+        size_of_val(&**stream)
+    } else {
+        size_of_val(entry)
     }
 }
 

@@ -104,6 +104,36 @@ async fn memory_recycles_an_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn host_memory_a_guest_holds_counts_toward_reload_on_memory() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--reload-on-memory",
+            "8",
+            "--lifetime-jitter",
+            "0",
+        ],
+    );
+    let http = Http::new();
+    assert_eq!(count(&http, &server).await, 1);
+    // 200 header fields of 60 KiB kept alive after the request: 12 MB held by fibhost for the
+    // guest, while the guest's own linear memory stays well under 8 MiB.
+    let held = http
+        .get(&server.url("/fields?n=200&kib=60&keep=1"))
+        .await
+        .unwrap();
+    assert_eq!(held.text(), "200");
+    assert_eq!(
+        count(&http, &server).await,
+        1,
+        "the instance kept serving while holding more host memory than reload-on-memory"
+    );
+    server.wait_for_output("reason=\"memory\"", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn traps_and_timeouts_cost_one_request_and_one_instance() {
     let server = start(
         guests::TESTBED,

@@ -170,6 +170,60 @@ async fn metrics_move_with_requests_errors_and_recycles() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_memory_metric_counts_host_memory_a_guest_holds() {
+    let server = start(
+        guests::TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            "s3cret",
+        ],
+    );
+    let http = Http::new();
+    let key = "fibhost_instance_memory_bytes{route=\"/\",worker=\"1\"}";
+    assert_eq!(http.get(&server.url("/count")).await.unwrap().text(), "1");
+    let before = value(&metrics(&http, &server, "s3cret").await, key);
+    assert!(before < 8e6, "the testbed starts with {before} bytes");
+    // 200 header fields of 60 KiB, kept alive by the guest after its request.
+    let held = http.get(&server.url("/fields?n=200&kib=60&keep=1")).await;
+    assert_eq!(held.unwrap().text(), "200");
+    // The worker records the instance's memory once the guest has returned, which may be just
+    // after the client has the response.
+    let what = "the memory metric to include 12 MB of held header fields";
+    let after = eventually(Duration::from_secs(10), what, || async {
+        let now = value(&metrics(&http, &server, "s3cret").await, key);
+        (now >= before + 200.0 * 60.0 * 1024.0).then_some(now)
+    })
+    .await;
+    assert!(after < 64e6, "{after} bytes for 12 MB of fields");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_last_output_line_without_newline_is_logged_with_its_request() {
+    let server = start(guests::TESTBED, &["--workers", "1"]);
+    let http = Http::new();
+    let url = server.url("/print?text=no-newline-after-this");
+    let reply = http
+        .send_with(Method::GET, &url, "".into(), &[("x-request-id", "print-1")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    // The instance lives on (it is reused), so only the end of the request can flush it.
+    // (The access line has the query, not what the guest printed.)
+    server.wait_for_output("printed no-newline-after-this", Duration::from_secs(10));
+    let line = server
+        .output()
+        .lines()
+        .find(|l| l.contains("printed no-newline-after-this"))
+        .map(str::to_string)
+        .unwrap();
+    assert!(line.contains("print-1"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn admin_token_is_enforced_but_probes_are_open() {
     let server = start(
         guests::FIB,

@@ -15,7 +15,8 @@
 //! | `/stack` | recurses until the stack overflows |
 //! | `/stream?mib=N` | streams an N MiB body (default 100) |
 //! | `/stall` | sends headers and a first chunk, then waits forever |
-//! | `/fields?n=N&kib=K` | keeps N header fields of K KiB each alive on the host (host memory a guest can make fibhost hold) |
+//! | `/fields?n=N&kib=K[&keep=1]` | keeps N header fields of K KiB each alive on the host (host memory a guest can make fibhost hold) during the request, or with `keep=1` after it (a guest leaking host resources) |
+//! | `/print?text=X` | writes `printed X` to stdout without a newline, then answers 200 |
 //! | `/env?name=X` | the value of environment variable X, or 404 |
 //! | `/echo` | echoes the request body |
 //! | `/fetch?url=SCHEME://HOST:PORT&path=/P` | sends the request's method and body there (outbound HTTP) and streams the answer back; 502 with the error code if the host refuses or it fails |
@@ -52,6 +53,8 @@ pub extern "C" fn _initialize() {
 thread_local! {
     /// Memory kept alive on purpose by `/grow`, so that linear memory stays large.
     static HOARD: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Host resources kept alive on purpose by `/fields?keep=1`.
+    static HELD: RefCell<Vec<Fields>> = const { RefCell::new(Vec::new()) };
 }
 
 const VERSION: &str = if cfg!(feature = "v2") { "v2" } else { "v1" };
@@ -132,7 +135,18 @@ impl Guest for Testbed {
                     let _ = fields.append("x-hoard", &value);
                     hoard.push(fields);
                 }
-                reply(response_out, 200, hoard.len().to_string());
+                let held = hoard.len();
+                if param("keep").as_deref() == Some("1") {
+                    HELD.with(|held| held.borrow_mut().extend(hoard));
+                }
+                reply(response_out, 200, held.to_string());
+            }
+            "/print" => {
+                let text = param("text").unwrap_or_default();
+                let mut stdout = std::io::stdout();
+                let _ = write!(stdout, "printed {text}");
+                let _ = stdout.flush();
+                reply(response_out, 200, String::new());
             }
             "/env" => match param("name").and_then(|n| std::env::var(n).ok()) {
                 Some(v) => reply(response_out, 200, v),
