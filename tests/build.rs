@@ -1,5 +1,5 @@
 //! Builds the Rust test guests for `wasm32-wasip2` and exposes their paths as constants
-//! (`FIB`, `TESTBED`, `TESTBED_V2`, `TESTBED_HANG`), so `cargo test` alone always runs against guests built
+//! (`FIB`, `TESTBED`, `TESTBED_V2`, `TESTBED_HANG`, and the WASI 0.3 `P3_FIB`, `P3_TESTBED`), so `cargo test` alone always runs against guests built
 //! from the current sources.
 
 use std::env;
@@ -16,12 +16,27 @@ fn main() {
         "guests/Cargo.lock",
         "guests/fib",
         "guests/testbed",
+        "guests/p3-fib",
+        "guests/p3-testbed",
         "crates/fibonacci",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
-    let v1 = build(&root, &out.join("v1"), &["-p", "fib", "-p", "testbed"]);
+    let v1 = build(
+        &root,
+        &out.join("v1"),
+        &[
+            "-p",
+            "fib",
+            "-p",
+            "testbed",
+            "-p",
+            "p3-fib",
+            "-p",
+            "p3-testbed",
+        ],
+    );
     let v2 = build(
         &root,
         &out.join("v2"),
@@ -43,6 +58,8 @@ fn main() {
     for (name, path) in [
         ("FIB", v1.join("fib.wasm")),
         ("TESTBED", v1.join("testbed.wasm")),
+        ("P3_FIB", v1.join("p3_fib.wasm")),
+        ("P3_TESTBED", v1.join("p3_testbed.wasm")),
         ("TESTBED_V2", testbed_v2),
         ("TESTBED_HANG", testbed_hang),
     ] {

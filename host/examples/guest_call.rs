@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use fibhost::config::{RouteConfig, Settings};
-use fibhost::engine::{Loader, new_engine, start_epoch_ticker};
+use fibhost::engine::Loader;
 use fibhost::guest::{Instance, LiveInstances, Setup, reply};
 use fibhost::outbound::Outbound;
 use fibhost::outcome::Outcome;
@@ -51,9 +51,7 @@ async fn measure(component: PathBuf) -> Result<()> {
         ..Settings::default()
     };
     let spec: RouteConfig = settings.resolve()?.routes.remove(0);
-    let engine = new_engine(1, spec.lifecycle.memory_limit_bytes)?;
-    start_epoch_ticker(&engine);
-    let version = Loader::new(engine, None, u64::MAX)?
+    let version = Loader::new(1, spec.lifecycle.memory_limit_bytes, None, u64::MAX)?
         .load(&component)
         .with_context(|| format!("cannot load {}", component.display()))?;
     let setup = Setup {

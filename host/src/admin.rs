@@ -298,8 +298,10 @@ fn status(ctx: &Ctx) -> Value {
                 "component": r.component(),
                 "configured_component": r.config.component,
                 "sha256": version.sha256,
+                "world": version.world.as_str(),
                 "loaded_at": loaded,
                 "workers": r.pool.workers(),
+                "instance_concurrency": r.pool.route().instance_concurrency,
             })
         })
         .collect();

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::activation::Activated;
 use crate::config::{self, Config};
-use crate::engine::{self, Loader};
+use crate::engine::Loader;
 use crate::guest::{Instance, LiveInstances, Setup};
 use crate::logging::AccessLog;
 use crate::metrics::Metrics;
@@ -51,10 +51,9 @@ impl App {
             .map(|r| r.lifecycle.memory_limit_bytes)
             .max()
             .unwrap_or(0);
-        let engine = engine::new_engine(workers, max_memory)?;
-        engine::start_epoch_ticker(&engine);
         let loader = Loader::new(
-            engine,
+            workers,
+            max_memory,
             config.cache_dir.as_deref(),
             config.max_component_bytes,
         )?;
@@ -84,7 +83,7 @@ impl App {
                     format!("the component for `{}` failed its warm-up", route.prefix)
                 })?;
             }
-            tracing::info!(route = %route.prefix, version = %version.id, workers = route.workers, "component loaded");
+            tracing::info!(route = %route.prefix, version = %version.id, world = version.id.world.as_str(), workers = route.workers, "component loaded");
             let pool = Pool::start(setup, version, &shards).await?;
             routes.push(Route::new(
                 route.clone(),

@@ -103,6 +103,12 @@ pub struct Settings {
     #[arg(long, env = "FIBHOST_QUEUE")]
     pub queue: Option<usize>,
 
+    /// Requests one instance of a WASI 0.3 (`wasi:http@0.3`) component may serve at once;
+    /// a route then has workers × this many requests in flight. WASI 0.2 components serve
+    /// one at a time whatever this says [default: 1].
+    #[arg(long, env = "FIBHOST_INSTANCE_CONCURRENCY", value_name = "N")]
+    pub instance_concurrency: Option<usize>,
+
     /// Recycle an instance after it served this many requests; 0 = never (uWSGI
     /// `max-requests`) [default: 0].
     #[arg(long, env = "FIBHOST_MAX_REQUESTS")]
@@ -387,6 +393,8 @@ pub struct RouteSettings {
     /// As the top-level key of the same name.
     pub queue: Option<usize>,
     /// As the top-level key of the same name.
+    pub instance_concurrency: Option<usize>,
+    /// As the top-level key of the same name.
     pub max_requests: Option<u64>,
     /// As the top-level key of the same name.
     #[serde(rename = "max-worker-lifetime")]
@@ -431,6 +439,7 @@ impl RouteSettings {
             component,
             workers,
             queue,
+            instance_concurrency,
             max_requests,
             max_worker_lifetime_secs,
             lifetime_jitter,
@@ -449,6 +458,7 @@ impl RouteSettings {
             component: Some(component),
             workers,
             queue,
+            instance_concurrency,
             max_requests,
             max_worker_lifetime_secs,
             lifetime_jitter,
@@ -503,6 +513,7 @@ impl Settings {
             threads,
             listen,
             queue,
+            instance_concurrency,
             max_requests,
             max_worker_lifetime_secs,
             lifetime_jitter,
@@ -547,6 +558,7 @@ impl Settings {
             threads: self.threads.or(threads),
             listen: self.listen.or(listen),
             queue: self.queue.or(queue),
+            instance_concurrency: self.instance_concurrency.or(instance_concurrency),
             max_requests: self.max_requests.or(max_requests),
             max_worker_lifetime_secs: self.max_worker_lifetime_secs.or(max_worker_lifetime_secs),
             lifetime_jitter: self.lifetime_jitter.or(lifetime_jitter),
@@ -742,6 +754,10 @@ impl Settings {
             )?,
             memory_limit_bytes: memory_limit_mib * MIB,
         };
+        let instance_concurrency = self.instance_concurrency.unwrap_or(1);
+        if instance_concurrency == 0 {
+            bail!("`instance-concurrency` must be at least 1");
+        }
         let outbound_max_connections = self
             .outbound_max_connections
             .unwrap_or(DEFAULT_OUTBOUND_MAX_CONNECTIONS);
@@ -760,6 +776,7 @@ impl Settings {
             component,
             workers,
             queue: self.queue.unwrap_or(DEFAULT_QUEUE),
+            instance_concurrency,
             lifecycle,
             env,
             warmup: self.warmup.clone(),
@@ -961,6 +978,8 @@ pub struct RouteConfig {
     pub workers: usize,
     /// Requests that may wait for a worker before 503.
     pub queue: usize,
+    /// Requests one instance of a WASI 0.3 component serves at once (1 for WASI 0.2).
+    pub instance_concurrency: usize,
     /// When instances are recycled, and the limits they run under.
     pub lifecycle: Lifecycle,
     /// Environment variables the guest sees.

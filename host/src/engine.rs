@@ -1,13 +1,21 @@
-//! The wasmtime side: one [`Engine`] for the process, and loading a component file into a
-//! checked, pre-instantiated [`Version`].
+//! The wasmtime side: the engines, and loading a component file into a checked,
+//! pre-instantiated [`Version`].
+//!
+//! Two engines, because the two `wasi:http` worlds want different settings. A WASI 0.2
+//! component (`wasi:http/incoming-handler@0.2`) is served by an engine with the component
+//! model's concurrency support off: every host→guest entry is then cheaper (wasmtime's numbers:
+//! ~300 ns against ~800 ns). A WASI 0.3 component (`wasi:http/handler@0.3`, async, `stream`
+//! bodies, several requests per instance) needs that support on. The p3 engine is built the
+//! first time a p3 component is loaded, so a deployment of p2 guests pays nothing for it.
+//! Which world a component serves is read from its exports before it is compiled.
 //!
 //! Everything that can fail about a component (unreadable file, not a component, imports we do
-//! not provide, no `wasi:http/incoming-handler` export) fails here, before the port is bound or,
-//! for a hot swap, before any request is routed to it.
+//! not provide, no handler export) fails here, before the port is bound or, for a hot swap,
+//! before any request is routed to it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
@@ -15,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::cache::Cache;
 use crate::state::GuestState;
@@ -33,19 +42,40 @@ const KEEP_RESIDENT_MEMORY_BYTES: usize = 1 << 20;
 /// Table memory per slot kept resident when an instance is dropped.
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
 
-/// Builds the process-wide engine.
+/// The `wasi:http` world a component serves, read from its exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum World {
+    /// WASI 0.2: `wasi:http/incoming-handler@0.2.x`, one request per call.
+    P2,
+    /// WASI 0.3: `wasi:http/handler@0.3.x`, an async `handle`; an instance may serve several
+    /// requests at once.
+    P3,
+}
+
+impl World {
+    /// As shown in logs and the admin status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::P2 => "wasi:http@0.2",
+            World::P3 => "wasi:http@0.3",
+        }
+    }
+}
+
+/// Builds an engine for components of `world`.
 ///
 /// `workers` is the total over all components and sizes the pooling allocator;
 /// `max_memory_bytes` is the largest per-instance memory limit of any component.
-pub fn new_engine(workers: usize, max_memory_bytes: u64) -> Result<Engine> {
+pub fn new_engine(world: World, workers: usize, max_memory_bytes: u64) -> Result<Engine> {
     let mut config = Config::new();
     // `wasi:http@0.2` components never use the component model's async features, and with
     // concurrency support on, every host→guest entry and host call pays for task bookkeeping
-    // (wasmtime's numbers: ~800 ns against ~300 ns per entry). This build does not compile
-    // wasmtime's `component-model-async` feature, so it is off already (asking for it on fails
-    // with "not compiled into this build"); said explicitly so that enabling the feature, for
-    // WASIp3 guests, cannot turn it on for the p2 engine unnoticed.
-    config.concurrency_support(false);
+    // (wasmtime's numbers: ~800 ns against ~300 ns per entry). WASI 0.3 components need it:
+    // their handler is an async export and their bodies are component-model streams.
+    config.concurrency_support(world == World::P3);
+    if world == World::P3 {
+        config.wasm_component_model_async(true);
+    }
     // Epoch interruption, not fuel: one atomic load per loop back-edge instead of counting
     // every instruction.
     config.epoch_interruption(true);
@@ -94,13 +124,21 @@ pub fn start_epoch_ticker(engine: &Engine) {
         .expect("spawning a thread at startup only fails when the process is out of resources");
 }
 
-/// The linker with every interface a guest may import: the `wasi:http/proxy` world plus the
-/// `wasi:cli` interfaces (environment, exit, stdio…) that a Rust `std` guest imports.
-/// Filesystem and sockets are linked but grant nothing: no preopens, no allowed addresses.
-fn new_linker(engine: &Engine) -> Result<Linker<GuestState>> {
+/// The linker with every interface a guest of `world` may import: the `wasi:http` world plus
+/// the `wasi:cli` interfaces (environment, exit, stdio…) that a Rust `std` guest imports. A
+/// WASI 0.3 guest built by today's toolchains imports the 0.2 `wasi:cli` interfaces too (its
+/// standard library's), so its linker has both. Filesystem and sockets are linked but grant
+/// nothing: no preopens, no allowed addresses.
+fn new_linker(engine: &Engine, world: World) -> Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    match world {
+        World::P2 => wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?,
+        World::P3 => {
+            wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+            wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+        }
+    }
     Ok(linker)
 }
 
@@ -110,7 +148,34 @@ pub struct Version {
     /// Identity shown in logs and the admin status.
     pub id: Arc<VersionId>,
     /// Pre-instantiated component: imports resolved and the handler export found.
-    pub pre: ProxyPre<GuestState>,
+    pub pre: Pre,
+}
+
+/// A pre-instantiated component of either world.
+#[derive(Clone)]
+pub enum Pre {
+    /// A `wasi:http/incoming-handler@0.2` component.
+    P2(ProxyPre<GuestState>),
+    /// A `wasi:http/handler@0.3` component.
+    P3(ServicePre<GuestState>),
+}
+
+impl Pre {
+    /// The engine its instances run in.
+    pub fn engine(&self) -> &Engine {
+        match self {
+            Pre::P2(pre) => pre.engine(),
+            Pre::P3(pre) => pre.engine(),
+        }
+    }
+
+    /// The world it serves.
+    pub fn world(&self) -> World {
+        match self {
+            Pre::P2(_) => World::P2,
+            Pre::P3(_) => World::P3,
+        }
+    }
 }
 
 /// The identity of a loaded component: its content hash and when it was loaded.
@@ -121,6 +186,8 @@ pub struct VersionId {
     /// (ComponentizeJS/StarlingMonkey), or learnt when an instance returned without a
     /// response on its second request.
     pub serves_once: std::sync::atomic::AtomicBool,
+    /// The `wasi:http` world it serves.
+    pub world: World,
     /// The file it came from.
     pub path: PathBuf,
     /// SHA-256 of the file, hex.
@@ -142,29 +209,84 @@ impl fmt::Display for VersionId {
     }
 }
 
-/// Compiles and checks components: the engine, the linker and the optional on-disk cache of
-/// compiled artifacts.
+/// What compiles and links the components of one world: its engine (whose epoch ticks), its
+/// linker and its part of the on-disk cache (entries are keyed by the engine's settings).
+struct Backend {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    cache: Option<Cache>,
+}
+
+impl Backend {
+    fn new(world: World, sizing: &Sizing) -> Result<Backend> {
+        let engine = new_engine(world, sizing.workers, sizing.max_memory_bytes)?;
+        start_epoch_ticker(&engine);
+        let linker = new_linker(&engine, world)?;
+        let cache = (sizing.cache_dir.as_deref())
+            .map(|dir| Cache::open(dir, &engine))
+            .transpose()?;
+        Ok(Backend {
+            engine,
+            linker,
+            cache,
+        })
+    }
+}
+
+/// What an engine is sized and cached by.
+struct Sizing {
+    workers: usize,
+    max_memory_bytes: u64,
+    cache_dir: Option<PathBuf>,
+}
+
+/// Compiles and checks components: an engine per world (the p3 one built on first use), the
+/// linkers and the optional on-disk cache of compiled artifacts.
 #[derive(Clone)]
 pub struct Loader {
-    engine: Engine,
-    linker: Arc<Linker<GuestState>>,
-    cache: Option<Cache>,
+    p2: Arc<Backend>,
+    p3: Arc<Mutex<Option<Arc<Backend>>>>,
+    sizing: Arc<Sizing>,
     /// Largest component file read (`max-component-size`).
     max_bytes: u64,
 }
 
 impl Loader {
-    /// A loader over `engine`, caching compiled components in `cache_dir` when given, and
-    /// refusing component files larger than `max_bytes`.
-    pub fn new(engine: Engine, cache_dir: Option<&Path>, max_bytes: u64) -> Result<Loader> {
-        let linker = Arc::new(new_linker(&engine)?);
-        let cache = cache_dir.map(|dir| Cache::open(dir, &engine)).transpose()?;
+    /// A loader for `workers` instances in all (sizing the engines' pooling allocators) of at
+    /// most `max_memory_bytes` each, caching compiled components in `cache_dir` when given,
+    /// and refusing component files larger than `max_bytes`. Builds the p2 engine and starts
+    /// its epoch ticker.
+    pub fn new(
+        workers: usize,
+        max_memory_bytes: u64,
+        cache_dir: Option<&Path>,
+        max_bytes: u64,
+    ) -> Result<Loader> {
+        let sizing = Sizing {
+            workers,
+            max_memory_bytes,
+            cache_dir: cache_dir.map(Path::to_path_buf),
+        };
         Ok(Loader {
-            engine,
-            linker,
-            cache,
+            p2: Arc::new(Backend::new(World::P2, &sizing)?),
+            p3: Arc::default(),
+            sizing: Arc::new(sizing),
             max_bytes,
         })
+    }
+
+    /// The backend for `world`, building the p3 one on first use.
+    fn backend(&self, world: World) -> Result<Arc<Backend>> {
+        if world == World::P2 {
+            return Ok(self.p2.clone());
+        }
+        let mut p3 = self.p3.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(backend) = &*p3 {
+            return Ok(backend.clone());
+        }
+        let backend = Arc::new(Backend::new(World::P3, &self.sizing)?);
+        *p3 = Some(backend.clone());
+        Ok(backend)
     }
 
     /// The SHA-256 of the component file at `path` (read with the same checks as [`load`]),
@@ -180,21 +302,21 @@ impl Loader {
     pub fn load(&self, path: &Path) -> Result<Version> {
         let bytes = read_component(path, self.max_bytes)?;
         check_is_component(path, &bytes)?;
+        let world = world_of(path, &bytes)?;
+        let backend = self.backend(world)?;
         let sha256 = sha256_hex(&bytes);
-        let cached = self
-            .cache
-            .as_ref()
-            .and_then(|cache| cache.get(&self.engine, &sha256, path));
+        let cached =
+            (backend.cache.as_ref()).and_then(|cache| cache.get(&backend.engine, &sha256, path));
         let component = match cached {
             Some(component) => component,
             None => {
                 let started = std::time::Instant::now();
-                let component = Component::new(&self.engine, &bytes)
+                let component = Component::new(&backend.engine, &bytes)
                     .map_err(anyhow::Error::from)
                     .with_context(|| {
                         format!("`{}` is not a valid WebAssembly component", path.display())
                     })?;
-                if let Some(cache) = &self.cache {
+                if let Some(cache) = &backend.cache {
                     tracing::info!(
                         component = %path.display(),
                         compile_ms = started.elapsed().as_millis() as u64,
@@ -205,7 +327,7 @@ impl Loader {
                 component
             }
         };
-        let pre = pre_instantiate(&self.linker, &component, path)?;
+        let pre = pre_instantiate(&backend.linker, &component, path, world)?;
         let serves_once = serves_one_request(&bytes);
         if serves_once {
             tracing::info!(component = %path.display(), "this component serves one request per instance (ComponentizeJS/StarlingMonkey): each request gets a fresh instance, prepared ahead (as with max-requests = 1)");
@@ -213,6 +335,7 @@ impl Loader {
         Ok(Version {
             id: Arc::new(VersionId {
                 serves_once: serves_once.into(),
+                world,
                 path: path.to_path_buf(),
                 sha256,
                 loaded_at: SystemTime::now(),
@@ -226,26 +349,91 @@ fn pre_instantiate(
     linker: &Linker<GuestState>,
     component: &Component,
     path: &Path,
-) -> Result<ProxyPre<GuestState>> {
+    world: World,
+) -> Result<Pre> {
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)
         .with_context(|| {
             format!(
-                "`{}` imports something fibhost does not provide (fibhost links wasi:http/proxy \
-             0.2.x and the wasi:cli, clocks, random, io, filesystem and sockets interfaces)",
-                path.display()
+                "`{}` imports something fibhost does not provide (for a {} component fibhost \
+                 links that `wasi:http` world and the wasi:cli, clocks, random, io, filesystem \
+                 and sockets interfaces)",
+                path.display(),
+                world.as_str()
             )
         })?;
-    ProxyPre::new(instance_pre)
-        .map_err(anyhow::Error::from)
-        .with_context(|| {
-            format!(
-                "`{}` does not export `wasi:http/incoming-handler@0.2.x`; fibhost serves \
-             components of the wasi:http/proxy world",
-                path.display()
-            )
+    let pre = match world {
+        World::P2 => ProxyPre::new(instance_pre).map(Pre::P2),
+        World::P3 => ServicePre::new(instance_pre).map(Pre::P3),
+    };
+    pre.map_err(anyhow::Error::from).with_context(|| {
+        format!(
+            "`{}` does not export a usable {} handler",
+            path.display(),
+            world.as_str()
+        )
+    })
+}
+
+/// Which `wasi:http` world the component serves, from the names of its top-level exports:
+/// `wasi:http/incoming-handler@0.2.x` (WASI 0.2) or `wasi:http/handler@0.3.x` (WASI 0.3).
+/// Read before compiling, because the two are compiled by different engines.
+fn world_of(path: &Path, bytes: &[u8]) -> Result<World> {
+    let exports = top_level_exports(bytes);
+    let has = |interface: &str, version: &str| {
+        exports.iter().any(|name| {
+            name.strip_prefix(interface)
+                .and_then(|rest| rest.strip_prefix('@'))
+                .is_some_and(|v| v.starts_with(version))
         })
+    };
+    if has("wasi:http/incoming-handler", "0.2.") {
+        Ok(World::P2)
+    } else if has("wasi:http/handler", "0.3.") {
+        Ok(World::P3)
+    } else {
+        let listed = if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports
+                .iter()
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        bail!(
+            "`{}` exports neither `wasi:http/incoming-handler@0.2.x` (WASI 0.2) nor \
+             `wasi:http/handler@0.3.x` (WASI 0.3), so it is not an HTTP handler fibhost can \
+             serve; it exports {listed}",
+            path.display()
+        )
+    }
+}
+
+/// The names the component itself exports (not those of the modules and components nested
+/// in it). Sections are only framed, not validated: compiling validates them.
+fn top_level_exports(bytes: &[u8]) -> Vec<String> {
+    let mut depth = 0usize;
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ModuleSection { .. })
+            | Ok(wasmparser::Payload::ComponentSection { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(section)) if depth == 0 => {
+                names.extend(
+                    section
+                        .into_iter()
+                        .flatten()
+                        .map(|e| e.name.name.to_string()),
+                );
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    names
 }
 
 /// Reads a component file: only a regular file (not a device, FIFO or directory, which could

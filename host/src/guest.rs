@@ -1,27 +1,39 @@
-//! One guest instance: how it is created, and how it serves one request.
+//! One guest instance: how it is created, and how it serves requests.
 //!
 //! An [`Instance`] is reused across requests (uWSGI-style) until the pool recycles it; the
 //! pool decides *when*, this module reports *what happened* ([`Outcome`]). It also owns the
 //! at-most-once [`Reply`] through which a request's response (or the reason there is none)
-//! reaches the connection: whoever answers first — the guest through `response-outparam.set`,
-//! or this module when the call ended without one — is the only one who does.
+//! reaches the connection: whoever answers first — the guest (through
+//! `response-outparam.set`, or by returning from its WASI 0.3 `handle`), or this module when
+//! the call ended without one — is the only one who does.
+//!
+//! A WASI 0.2 instance serves one request per call, and the call returns once the guest has
+//! written its body. A WASI 0.3 instance runs inside wasmtime's concurrent event loop
+//! ([`Instance::concurrently`]): `handle` returns the response with its body still being
+//! written by a guest task, so a request is over only when its body has been read to the end
+//! (or dropped), and several requests may be in flight on one instance ([`Concurrent`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
+use wasmtime::component::Accessor;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p3::bindings::Service;
 
 use crate::config::RouteConfig;
-use crate::engine::{Version, VersionId};
+use crate::engine::{Pre, Version, VersionId, World};
 use crate::error::ServeError;
 use crate::outbound::Outbound;
 use crate::outcome::Outcome;
@@ -35,7 +47,56 @@ const INSTANTIATE_LIMIT: Duration = Duration::from_secs(60);
 pub type GuestRequest = hyper::Request<wasmtime_wasi_http::p2::body::HyperIncomingBody>;
 
 /// A guest's response: status and headers now, the body streamed as the guest writes it.
-pub type GuestResponse = hyper::Response<HyperOutgoingBody>;
+pub type GuestResponse = hyper::Response<GuestBody>;
+
+/// A guest's response body, of either world.
+pub enum GuestBody {
+    /// Written by a WASI 0.2 guest through its `outgoing-body`.
+    P2(HyperOutgoingBody),
+    /// Written by a WASI 0.3 guest into its response's `stream<u8>`.
+    P3(P3Body),
+}
+
+/// A WASI 0.3 body, which tells its request when it is over: read to the end or dropped.
+/// Until then the instance's event loop must keep running, since it is what moves the bytes.
+pub struct P3Body {
+    inner: HyperOutgoingBody,
+    /// Dropped with the body: the request waiting on the other end is then over.
+    _over: oneshot::Sender<()>,
+}
+
+impl GuestBody {
+    fn inner(&self) -> &HyperOutgoingBody {
+        match self {
+            GuestBody::P2(body) => body,
+            GuestBody::P3(body) => &body.inner,
+        }
+    }
+}
+
+impl Body for GuestBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let inner = match self.get_mut() {
+            GuestBody::P2(body) => body,
+            GuestBody::P3(body) => &mut body.inner,
+        };
+        Pin::new(inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner().is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner().size_hint()
+    }
+}
 
 type ReplySender = oneshot::Sender<Result<GuestResponse, ServeError>>;
 
@@ -54,7 +115,7 @@ pub fn reply() -> (Reply, Answer) {
 
 impl Reply {
     /// Delivers `result` unless something was already delivered.
-    fn send(&self, result: Result<GuestResponse, ServeError>) {
+    pub fn send(&self, result: Result<GuestResponse, ServeError>) {
         let sender = self
             .0
             .lock()
@@ -105,14 +166,20 @@ pub struct Setup {
     pub outbound: Arc<Outbound>,
 }
 
+/// The export an instance's requests are handed to.
+enum Handler {
+    P2(Proxy),
+    P3(Service),
+}
+
 /// A live guest instance.
 pub struct Instance {
     store: Store<GuestState>,
-    proxy: Proxy,
+    handler: Handler,
     /// The version it was made from.
     version: Arc<VersionId>,
     born: Instant,
-    served: u64,
+    served: AtomicU64,
     memory_bytes: Arc<AtomicUsize>,
     /// Host memory held through the guest's resources, as of its last request.
     host_bytes: u64,
@@ -143,7 +210,13 @@ impl Instance {
         // Bounded like a request: a guest whose start code never returns (it yields at every
         // epoch tick, so the timer fires) must not hang startup or a swap.
         let limit = route.lifecycle.request_timeout.unwrap_or(INSTANTIATE_LIMIT);
-        let proxy = tokio::time::timeout(limit, version.pre.instantiate_async(&mut store))
+        let instantiate = async {
+            anyhow::Ok(match &version.pre {
+                Pre::P2(pre) => Handler::P2(pre.instantiate_async(&mut store).await?),
+                Pre::P3(pre) => Handler::P3(pre.instantiate_async(&mut store).await?),
+            })
+        };
+        let handler = tokio::time::timeout(limit, instantiate)
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
@@ -155,10 +228,10 @@ impl Instance {
         live.0.fetch_add(1, Ordering::Relaxed);
         Ok(Instance {
             store,
-            proxy,
+            handler,
             version: version.id.clone(),
             born: Instant::now(),
-            served: 0,
+            served: AtomicU64::new(0),
             memory_bytes,
             host_bytes: 0,
             tag,
@@ -178,7 +251,15 @@ impl Instance {
 
     /// Requests it has been given.
     pub fn served(&self) -> u64 {
-        self.served
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// The `wasi:http` world it serves.
+    pub fn world(&self) -> World {
+        match self.handler {
+            Handler::P2(_) => World::P2,
+            Handler::P3(_) => World::P3,
+        }
     }
 
     /// The instance's memory, in bytes: its linear memories (now) plus the host memory its
@@ -196,8 +277,10 @@ impl Instance {
     /// Runs the guest's handler for `request` and delivers its response through `reply` as
     /// soon as the guest sets it, or the failure once the call has ended without one.
     ///
-    /// Returns once the guest has returned (its body written), so that the instance is free
-    /// again; the response itself has gone out through `reply` by then.
+    /// Returns once the request is over for the instance, so that it is free again: for a
+    /// WASI 0.2 guest when it has returned (its body written), for a WASI 0.3 guest when its
+    /// body has been read to the end or dropped. The response itself has gone out through
+    /// `reply` by then.
     pub async fn serve(
         &mut self,
         request: GuestRequest,
@@ -206,27 +289,60 @@ impl Instance {
         id: &RequestId,
         timeout: Option<Duration>,
     ) -> Outcome {
-        self.served += 1;
+        if let Handler::P3(_) = self.handler {
+            let served = self
+                .concurrently(async |c| c.serve(request, scheme, reply, id, timeout).await)
+                .await;
+            return served.unwrap_or_else(|e| {
+                let outcome = trapped(&e);
+                reply.send(Err(outcome.error().unwrap_or(ServeError::NoResponse)));
+                outcome
+            });
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
         self.tag.set_request(Some(id.clone()));
         let outcome = self.call(request, scheme, reply, timeout).await;
-        if !reply.is_sent() {
-            // The guest returned (or failed) without a response: answer for it.
-            let outcome = match outcome {
-                Outcome::Answered => Outcome::NoResponse,
-                other => other,
-            };
-            reply.send(Err(outcome.error().unwrap_or(ServeError::NoResponse)));
-            self.finish_request();
-            return outcome;
-        }
-        self.finish_request();
+        let outcome = answer_for_guest(outcome, reply);
+        self.tag.flush();
+        self.tag.set_request(None);
+        self.host_bytes = self.store.data_mut().host_bytes() as u64;
         outcome
     }
 
-    fn finish_request(&mut self) {
-        self.host_bytes = self.store.data_mut().host_bytes() as u64;
+    /// Runs `f` with the instance in wasmtime's concurrent event loop, through which every
+    /// WASI 0.3 request is served: requests started with [`Concurrent::serve`] run at once.
+    /// Fails when the guest trapped: the event loop of a trapped instance cannot go on, and
+    /// every request still in it is lost (the caller answers them).
+    ///
+    /// # Panics
+    /// On a WASI 0.2 instance, which has no event loop (its engine has no concurrency
+    /// support); the pool only calls it for [`World::P3`] instances.
+    pub async fn concurrently<R: Send>(
+        &mut self,
+        f: impl AsyncFnOnce(&Concurrent<'_>) -> R + Send,
+    ) -> wasmtime::Result<R> {
+        let Handler::P3(service) = &self.handler else {
+            panic!("concurrently() on a WASI 0.2 instance");
+        };
+        let (served, tag) = (&self.served, &*self.tag);
+        let (memory, host_bytes) = (&*self.memory_bytes, self.host_bytes);
+        let result = self
+            .store
+            .run_concurrent(async |accessor| {
+                let concurrent = Concurrent {
+                    accessor,
+                    service,
+                    served,
+                    tag,
+                    memory,
+                    host_bytes,
+                };
+                f(&concurrent).await
+            })
+            .await;
         self.tag.flush();
-        self.tag.set_request(None);
+        self.host_bytes = self.store.data_mut().host_bytes() as u64;
+        result
     }
 
     async fn call(
@@ -243,15 +359,22 @@ impl Instance {
         };
         let slot = reply.clone();
         let outparam = http.new_response_outparam_from_callback(move |result| {
-            slot.send(result.map_err(|code| ServeError::GuestError(format!("{code:?}"))));
+            slot.send(
+                result
+                    .map(|response| response.map(GuestBody::P2))
+                    .map_err(|code| ServeError::GuestError(format!("{code:?}"))),
+            );
         });
         let outparam = match outparam {
             Ok(outparam) => outparam,
             Err(e) => return Outcome::Refused(ServeError::Internal(format!("{e}"))),
         };
         self.store.set_epoch_deadline(1);
+        let Handler::P2(proxy) = &self.handler else {
+            unreachable!("serve() hands WASI 0.3 requests to concurrently()");
+        };
         let call =
-            self.proxy
+            proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut self.store, request, outparam);
         let result = match timeout {
@@ -263,10 +386,7 @@ impl Instance {
         };
         match result {
             Ok(()) => Outcome::Answered,
-            Err(e) => Outcome::Trapped {
-                summary: trap_summary(&e),
-                detail: format!("{e:?}"),
-            },
+            Err(e) => trapped(&e),
         }
     }
 
@@ -311,6 +431,143 @@ impl Drop for Instance {
     fn drop(&mut self) {
         self.tag.flush();
         self.live.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An instance in wasmtime's concurrent event loop ([`Instance::concurrently`]), through which
+/// WASI 0.3 requests are served, several at once.
+pub struct Concurrent<'a> {
+    accessor: &'a Accessor<GuestState>,
+    service: &'a Service,
+    served: &'a AtomicU64,
+    tag: &'a OutputTag,
+    /// The instance's linear memory, as its limiter tracks it.
+    memory: &'a AtomicUsize,
+    /// Host memory held by its resources when the event loop was entered.
+    host_bytes: u64,
+}
+
+impl Concurrent<'_> {
+    /// Requests the instance has been given, these included.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// The instance's memory as [`Instance::memory_bytes`] counts it (host memory as of when
+    /// the event loop was entered).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.load(Ordering::Relaxed) as u64 + self.host_bytes
+    }
+
+    /// Serves one request as [`Instance::serve`] does, alongside any others started through
+    /// the same `Concurrent`. Over when the response body has been read to the end or dropped,
+    /// or after `timeout` (the request then fails, and its instance must be recycled once the
+    /// others are over: its guest task may still be running).
+    ///
+    /// Guest output lines carry the id of the request that started last: with several in
+    /// flight, a line cannot be told apart by request.
+    pub async fn serve(
+        &self,
+        request: GuestRequest,
+        scheme: Scheme,
+        reply: &Reply,
+        id: &RequestId,
+        timeout: Option<Duration>,
+    ) -> Outcome {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.tag.set_request(Some(id.clone()));
+        let call = self.call(request, scheme, reply);
+        let outcome = match timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Outcome::TimedOut(limit)),
+            None => call.await,
+        };
+        answer_for_guest(outcome, reply)
+    }
+
+    async fn call(&self, request: GuestRequest, scheme: Scheme, reply: &Reply) -> Outcome {
+        use wasmtime_wasi_http::p3::Request;
+        let request = with_scheme_and_authority(request, &scheme);
+        // (The second half of what `from_http` returns is how a host learns that the guest
+        // failed reading the request body; the guest's own response tells that already.)
+        let request = self
+            .accessor
+            .with(|mut store| Request::from_http(store.data_mut().http().hooks, request).0);
+        let response = match self.service.handle(self.accessor, request).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => {
+                reply.send(Err(ServeError::GuestError(format!("{code:?}"))));
+                return Outcome::Answered;
+            }
+            Err(e) => return trapped(&e),
+        };
+        let response = self
+            .accessor
+            .with(|store| response.into_http(store, async { Ok(()) }));
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                // E.g. a `content-length` that is not a number: the guest's error, not a trap.
+                reply.send(Err(ServeError::GuestError(format!("{e:#}"))));
+                return Outcome::Answered;
+            }
+        };
+        let (over, is_over) = oneshot::channel();
+        reply.send(Ok(
+            response.map(|inner| GuestBody::P3(P3Body { inner, _over: over }))
+        ));
+        // Resolves (with an error: nothing is ever sent) when the body is dropped, by the
+        // connection once it has read it to the end, or when the client leaves.
+        let _ = is_over.await;
+        Outcome::Answered
+    }
+}
+
+/// A WASI 0.3 guest sees the request's scheme and authority (as a 0.2 guest does through
+/// `incoming-request`): from the URI when it has them, else the `Host` header.
+fn with_scheme_and_authority(request: GuestRequest, scheme: &Scheme) -> GuestRequest {
+    let (mut parts, body) = request.into_parts();
+    if parts.uri.authority().is_none() {
+        let authority = (parts.headers.get(http::header::HOST))
+            .and_then(|host| host.to_str().ok())
+            .and_then(|host| host.parse::<http::uri::Authority>().ok());
+        let scheme = match scheme {
+            Scheme::Https => http::uri::Scheme::HTTPS,
+            _ => http::uri::Scheme::HTTP,
+        };
+        if let Some(authority) = authority {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(scheme);
+            uri.authority = Some(authority);
+            uri.path_and_query = parts.uri.path_and_query().cloned();
+            if let Ok(full) = http::Uri::from_parts(uri) {
+                parts.uri = full;
+            }
+        }
+    }
+    GuestRequest::from_parts(parts, body)
+}
+
+/// When the guest returned (or failed) without a response, answers for it; the outcome says
+/// so (`NoResponse` rather than `Answered`).
+fn answer_for_guest(outcome: Outcome, reply: &Reply) -> Outcome {
+    if reply.is_sent() {
+        return outcome;
+    }
+    let outcome = match outcome {
+        Outcome::Answered => Outcome::NoResponse,
+        other => other,
+    };
+    reply.send(Err(outcome.error().unwrap_or(ServeError::NoResponse)));
+    outcome
+}
+
+/// The outcome of a call that failed inside the guest.
+pub fn trapped(e: &wasmtime::Error) -> Outcome {
+    Outcome::Trapped {
+        summary: trap_summary(e),
+        detail: format!("{e:?}"),
     }
 }
 

@@ -166,4 +166,7 @@ conformance! {
     c => built("c-fib.wasm");
     go => built("go-fib.wasm");
     zig => built("zig-fib.wasm");
+    // WASI 0.3 (`wasi:http/handler@0.3`), with one request per instance and with several.
+    rust_p3 => guests::P3_FIB;
+    rust_p3_concurrent => guests::P3_FIB, "--instance-concurrency", "8";
 }

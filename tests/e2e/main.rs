@@ -8,6 +8,7 @@ mod deploy;
 mod lifecycle;
 mod ops;
 mod outbound;
+mod p3;
 mod prometheus;
 mod routes;
 mod serving;

@@ -9,11 +9,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::admission::Admission;
 use super::stats::PoolStats;
 use crate::error::BodyError;
+use crate::guest::GuestBody;
 
 /// What a job's worker and its response body share.
 #[derive(Debug)]
@@ -29,18 +29,14 @@ pub(super) struct JobShared {
 
 /// A guest's response body on its way to the client.
 pub struct PoolBody {
-    inner: HyperOutgoingBody,
+    inner: GuestBody,
     job: Arc<JobShared>,
     stats: Arc<PoolStats>,
     bytes: u64,
 }
 
 impl PoolBody {
-    pub(super) fn new(
-        inner: HyperOutgoingBody,
-        job: Arc<JobShared>,
-        stats: Arc<PoolStats>,
-    ) -> Self {
+    pub(super) fn new(inner: GuestBody, job: Arc<JobShared>, stats: Arc<PoolStats>) -> Self {
         PoolBody {
             inner,
             job,

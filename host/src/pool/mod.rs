@@ -18,8 +18,10 @@
 //!   with a free worker, else it waits in its own thread's lane. So in the common case the
 //!   connection task and the worker task run on the same thread, and a request never waits
 //!   while a worker elsewhere is idle.
-//! - **Admission.** At most `workers + queue` requests are held; past that the client gets
-//!   503 at once. One request per instance at a time, as in uWSGI.
+//! - **Admission.** At most `workers × per-instance + queue` requests are held; past that the
+//!   client gets 503 at once. One request per instance at a time, as in uWSGI, for WASI 0.2
+//!   components; up to `instance-concurrency` for WASI 0.3 ones, whose worker then serves
+//!   several jobs at once inside the instance's event loop ([`Worker::serve_concurrently`]).
 //! - **Hot swap.** [`Pool::swap`] publishes a new generation; each worker moves over as soon as
 //!   it is idle, and re-checks the generation after taking a job, so no request dequeued after
 //!   the publish runs on the old version, and a request in flight finishes where it started.
@@ -48,7 +50,7 @@ pub use body::{Completion, PoolBody};
 pub use stats::{PoolStats, WorkerStats, unix_now};
 
 use crate::config::RouteConfig;
-use crate::engine::{Version, VersionId};
+use crate::engine::{Version, VersionId, World};
 use crate::error::ServeError;
 use crate::guest::{self, GuestRequest, Instance, Reply, Setup};
 use crate::outcome::{Outcome, Recycle};
@@ -85,9 +87,18 @@ struct Lane {
 }
 
 impl Lane {
-    /// Whether a worker of this lane is free for one more job.
-    fn has_free_worker(&self) -> bool {
-        self.held.load(Ordering::Relaxed) < self.workers
+    /// Whether a worker of this lane is free for one more job, each taking `per_instance`.
+    fn has_free_worker(&self, per_instance: usize) -> bool {
+        self.held.load(Ordering::Relaxed) < self.workers * per_instance
+    }
+}
+
+/// How many requests one instance of `version` serves at once on `route`: its
+/// `instance-concurrency` for a WASI 0.3 component, 1 for a WASI 0.2 one.
+fn per_instance(route: &RouteConfig, version: &VersionId) -> usize {
+    match version.world {
+        World::P2 => 1,
+        World::P3 => route.instance_concurrency,
     }
 }
 
@@ -102,6 +113,8 @@ struct Inner {
     /// One per event-loop thread, by shard index (a lane may have no workers).
     lanes: Vec<Lane>,
     generation: watch::Sender<Arc<Generation>>,
+    /// Requests one instance of the current version serves at once (see [`per_instance`]).
+    per_instance: AtomicUsize,
     /// Serialises swaps of this component.
     swapping: tokio::sync::Mutex<()>,
     stats: Arc<PoolStats>,
@@ -145,6 +158,7 @@ impl Pool {
             })
             .collect();
         let inner = Arc::new(Inner {
+            per_instance: AtomicUsize::new(per_instance(&route, &generation.version.id)),
             setup,
             lanes,
             generation: watch::Sender::new(generation.clone()),
@@ -195,7 +209,8 @@ impl Pool {
     }
 
     /// Queues `request` for a worker and waits for the guest's response (its head; the body
-    /// streams on). Fails at once with 503 when `workers + queue` requests are already held.
+    /// streams on). Fails at once with 503 when `workers × per-instance + queue` requests are
+    /// already held.
     pub async fn dispatch(
         &self,
         request: GuestRequest,
@@ -209,7 +224,8 @@ impl Pool {
             .iter()
             .map(|l| l.held.load(Ordering::Relaxed))
             .sum();
-        if held >= workers + queue {
+        let per_instance = inner.per_instance.load(Ordering::Relaxed);
+        if held >= workers * per_instance + queue {
             inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(ServeError::Overloaded { workers, queue });
         }
@@ -256,6 +272,10 @@ impl Pool {
                 .await
                 .context("cannot instantiate the new component")?,
         );
+        (inner.per_instance).store(
+            per_instance(&inner.setup.route, &next.version.id),
+            Ordering::Relaxed,
+        );
         let old = inner.generation.send_replace(next.clone());
         old.retire();
         tokio::spawn(inner.clone().keep_spares(next.clone()));
@@ -293,14 +313,16 @@ impl Inner {
     /// thread's with a free worker, else this thread's (or, on a thread without workers of
     /// this component, the lane with the least work per worker).
     fn pick_lane(&self) -> usize {
+        let per_instance = self.per_instance.load(Ordering::Relaxed);
         let own = Shards::current()
             .filter(|&shard| self.lanes.get(shard).is_some_and(|lane| lane.workers > 0));
         if let Some(shard) = own
-            && self.lanes[shard].has_free_worker()
+            && self.lanes[shard].has_free_worker(per_instance)
         {
             return shard;
         }
-        if let Some(shard) = self.lanes.iter().position(Lane::has_free_worker) {
+        if let Some(shard) = (self.lanes.iter()).position(|lane| lane.has_free_worker(per_instance))
+        {
             return shard;
         }
         own.unwrap_or_else(|| {
@@ -420,6 +442,9 @@ impl Worker {
         if self.is_stale() {
             self.replace(Recycle::Swap).await;
         }
+        if self.instance.world() == World::P3 && self.pool.setup.route.instance_concurrency > 1 {
+            return self.serve_concurrently(job).await;
+        }
         job.shared.worker.store(self.id, Ordering::Relaxed);
         let stats = &self.pool.stats.workers[self.id - 1];
         stats.busy.store(true, Ordering::Relaxed);
@@ -429,16 +454,19 @@ impl Worker {
         let outcome = (self.instance)
             .serve(job.request, job.scheme, &job.reply, &job.id, timeout)
             .await;
-        self.record(&outcome, started, &job.id, &method, &uri);
+        stats.busy.store(false, Ordering::Relaxed);
+        let facts = Facts {
+            born: self.instance.born(),
+            served: self.instance.served(),
+            memory_bytes: self.instance.memory_bytes(),
+        };
+        record(
+            &self.pool, self.id, &facts, &outcome, started, &job.id, &method, &uri,
+        );
         self.learn_serves_once(&outcome);
-        let reason = outcome.recycle().or_else(|| {
-            let facts = Facts {
-                born: self.instance.born(),
-                served: self.instance.served(),
-                memory_bytes: self.instance.memory_bytes(),
-            };
-            policy::after_request(&self.limits(), &self.drawn, &facts, Instant::now())
-        });
+        let reason = outcome
+            .recycle()
+            .or_else(|| policy::after_request(&self.limits(), &self.drawn, &facts, Instant::now()));
         if reason.is_some_and(Recycle::is_failure) {
             // Before the instance goes: its body, if it was cut short, must end as an error.
             job.shared.failed.store(true, Ordering::Release);
@@ -452,40 +480,163 @@ impl Worker {
         }
     }
 
-    /// Updates the worker's counters after a request and logs a failure (once, here, where
-    /// the route, worker, request and reason are all known).
-    fn record(
-        &self,
-        outcome: &Outcome,
-        started: Instant,
-        id: &RequestId,
-        method: &http::Method,
-        uri: &http::Uri,
-    ) {
-        let stats = &self.pool.stats.workers[self.id - 1];
+    /// Serves `first` and the jobs it can take alongside, up to `instance-concurrency` at
+    /// once, inside the WASI 0.3 instance's event loop; leaves the loop when nothing is in
+    /// flight. Stops taking jobs once the instance must be recycled (a request's outcome or
+    /// the policy says so) or a swap published a newer version, and replaces the instance
+    /// once its requests are over: a timed-out request's instance-mates finish first.
+    async fn serve_concurrently(&mut self, first: Job) {
+        let route = &self.pool.setup.route;
+        let (limit, timeout) = (route.instance_concurrency, route.lifecycle.request_timeout);
+        let jobs = self.pool.lanes[self.shard].jobs_rx.clone();
+        let limits = self.limits();
+        let (pool, id, drawn) = (&*self.pool, self.id, &self.drawn);
+        let (born, version) = (self.instance.born(), self.instance.version().clone());
+        let generation = &self.generation;
+        let stats = &pool.stats.workers[id - 1];
+        stats.busy.store(true, Ordering::Relaxed);
+        // Outside the event loop, so that a trap (which ends the loop and drops its
+        // requests) can still answer them.
+        let mut in_flight: Vec<(Reply, Arc<JobShared>)> = Vec::new();
+        // A job taken after a swap: the next instance serves it.
+        let mut held: Option<Job> = None;
+        let result = self
+            .instance
+            .concurrently(async |c| {
+                let mut running = futures::stream::FuturesUnordered::new();
+                let (mut retire, mut closed) = (None, false);
+                let mut next = Some(first);
+                loop {
+                    if let Some(job) = next.take() {
+                        job.shared.worker.store(id, Ordering::Relaxed);
+                        in_flight.push((job.reply.clone(), job.shared.clone()));
+                        running.push(serve_job(c, job, timeout));
+                    }
+                    if running.is_empty() {
+                        break retire;
+                    }
+                    let can_take = retire.is_none() && !closed && running.len() < limit;
+                    tokio::select! {
+                        biased;
+                        Some(done) = futures::StreamExt::next(&mut running) => {
+                            in_flight.retain(|(_, shared)| !Arc::ptr_eq(shared, &done.shared));
+                            let facts = Facts { born, served: c.served(), memory_bytes: c.memory_bytes() };
+                            record(pool, id, &facts, &done.outcome, done.started, &done.id, &done.method, &done.uri);
+                            let reason = done.outcome.recycle().or_else(|| {
+                                policy::after_request(&limits, drawn, &facts, Instant::now())
+                            });
+                            if reason.is_some_and(Recycle::is_failure) {
+                                done.shared.failed.store(true, Ordering::Release);
+                            }
+                            done.shared.admission.release();
+                            retire = retire.or(reason);
+                        }
+                        job = jobs.recv(), if can_take => match job {
+                            Ok(job) if job.reply.is_abandoned() => {}
+                            Ok(job) if !Arc::ptr_eq(&version, &generation.borrow().version.id) => {
+                                held = Some(job);
+                                retire = Some(Recycle::Swap);
+                            }
+                            Ok(job) => next = Some(job),
+                            Err(_) => closed = true,
+                        },
+                    }
+                }
+            })
+            .await;
         stats.busy.store(false, Ordering::Relaxed);
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        (stats.instance_requests).store(self.instance.served(), Ordering::Relaxed);
-        (stats.memory_bytes).store(self.instance.memory_bytes(), Ordering::Relaxed);
-        (stats.busy_micros).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let route = &*self.pool.setup.route.prefix;
-        let (worker, request_id) = (self.id, id.to_string());
-        match outcome {
-            Outcome::Answered | Outcome::Refused(_) => return,
-            Outcome::Trapped { detail, .. } => {
-                tracing::warn!(route, worker, %method, %uri, request_id, reason = %detail, "guest trapped");
+        let reason = result.unwrap_or_else(|e| {
+            // The event loop of a trapped instance is over, and so are its requests.
+            let outcome = guest::trapped(&e);
+            let lost = in_flight.len();
+            for (reply, shared) in in_flight.drain(..) {
+                shared.failed.store(true, Ordering::Release);
+                reply.send(Err(outcome.error().unwrap_or(ServeError::NoResponse)));
+                shared.admission.release();
             }
-            Outcome::TimedOut(limit) => {
-                stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(route, worker, %method, %uri, request_id, timeout = ?limit, "guest ran past the request timeout and was interrupted");
+            stats.failures.fetch_add(lost as u64, Ordering::Relaxed);
+            if let Outcome::Trapped { detail, .. } = &outcome {
+                tracing::warn!(route = %route.prefix, worker = id, requests = lost, reason = %detail, "guest trapped; its requests in flight on this instance failed");
             }
-            Outcome::NoResponse => {
-                tracing::warn!(route, worker, %method, %uri, request_id, "guest returned without a response; replacing its instance");
-            }
+            Some(Recycle::Trap)
+        });
+        if let Some(reason) = reason {
+            self.replace(reason).await;
         }
-        stats.failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(job) = held {
+            Box::pin(self.serve(job)).await;
+        }
     }
+}
 
+/// What [`serve_job`] reports to the worker's loop.
+struct Served {
+    outcome: Outcome,
+    started: Instant,
+    method: http::Method,
+    uri: http::Uri,
+    id: RequestId,
+    shared: Arc<JobShared>,
+}
+
+/// Serves one job on a WASI 0.3 instance's event loop.
+async fn serve_job(c: &guest::Concurrent<'_>, job: Job, timeout: Option<Duration>) -> Served {
+    let started = Instant::now();
+    let (method, uri) = (job.request.method().clone(), job.request.uri().clone());
+    let outcome = c
+        .serve(job.request, job.scheme, &job.reply, &job.id, timeout)
+        .await;
+    Served {
+        outcome,
+        started,
+        method,
+        uri,
+        id: job.id,
+        shared: job.shared,
+    }
+}
+
+/// Updates worker `worker`'s counters after a request and logs a failure (once, here, where
+/// the route, worker, request and reason are all known). `facts` are its instance's, after
+/// the request.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one request's record, field by field"
+)]
+fn record(
+    pool: &Inner,
+    worker: usize,
+    facts: &Facts,
+    outcome: &Outcome,
+    started: Instant,
+    id: &RequestId,
+    method: &http::Method,
+    uri: &http::Uri,
+) {
+    let stats = &pool.stats.workers[worker - 1];
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    (stats.instance_requests).store(facts.served, Ordering::Relaxed);
+    (stats.memory_bytes).store(facts.memory_bytes, Ordering::Relaxed);
+    (stats.busy_micros).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let route = &*pool.setup.route.prefix;
+    let request_id = id.to_string();
+    match outcome {
+        Outcome::Answered | Outcome::Refused(_) => return,
+        Outcome::Trapped { detail, .. } => {
+            tracing::warn!(route, worker, %method, %uri, request_id, reason = %detail, "guest trapped");
+        }
+        Outcome::TimedOut(limit) => {
+            stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(route, worker, %method, %uri, request_id, timeout = ?limit, "guest ran past the request timeout and was interrupted");
+        }
+        Outcome::NoResponse => {
+            tracing::warn!(route, worker, %method, %uri, request_id, "guest returned without a response; replacing its instance");
+        }
+    }
+    stats.failures.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Worker {
     /// The recycling limits for the current instance: a version that serves one request per
     /// instance gets a fresh instance per request, whatever `max-requests` says.
     fn limits(&self) -> crate::config::Lifecycle {

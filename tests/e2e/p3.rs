@@ -1,0 +1,248 @@
+//! WASI 0.3 guests (`wasi:http/handler@0.3`): several requests per instance
+//! (`instance-concurrency`), and the lifecycle rules applied to such instances. The Fibonacci
+//! API of the p3 guest is checked byte for byte in `conformance`.
+//!
+//! The p3 testbed's `/gather?n=N` answers only once N of its requests are in flight on one
+//! instance at once, and `/count` counts the requests an instance has started: together they
+//! show concurrency and recycling without timing anything.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::{fibhost, start};
+use fibhost_e2e::{Http, guests};
+
+async fn get(http: &Http, server: &fibhost_e2e::Server, path: &str) -> (StatusCode, String) {
+    let reply = http.get(&server.url(path)).await.unwrap();
+    (reply.status, reply.text())
+}
+
+/// Sends `n` concurrent `/gather?n=N` and returns their answers.
+async fn gather(http: &Http, server: &fibhost_e2e::Server, n: usize) -> Vec<(StatusCode, String)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, url) = (http.clone(), server.url(&format!("/gather?n={n}")));
+            tokio::spawn(async move {
+                let reply = http.get(&url).await.unwrap();
+                (reply.status, reply.text())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_instance_serves_instance_concurrency_requests_at_once() {
+    let server = start(
+        guests::P3_TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--instance-concurrency",
+            "8",
+            "--queue",
+            "0",
+            "--request-timeout",
+            "10",
+        ],
+    );
+    let http = Http::new();
+    // Eight requests that can only answer when all eight run on the one instance together;
+    // admission takes workers × instance-concurrency of them with no queue.
+    let answers = gather(&http, &server, 8).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, body)| *status == StatusCode::OK && body == "gathered 8"),
+        "{answers:?}"
+    );
+    // They were on the same instance: its next request is its ninth.
+    assert_eq!(
+        get(&http, &server, "/count").await,
+        (StatusCode::OK, "9".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_concurrency_one_serves_one_request_at_a_time() {
+    let server = start(
+        guests::P3_TESTBED,
+        &["--workers", "1", "--request-timeout", "2"],
+    );
+    let http = Http::new();
+    // With the default of 1 the second `/gather` waits for the first, which waits for the
+    // second: the first runs into the request timeout, then the second can never gather two.
+    let answers = gather(&http, &server, 2).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _)| *status == StatusCode::GATEWAY_TIMEOUT),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_requests_counts_requests_on_a_concurrent_instance() {
+    let server = start(
+        guests::P3_TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--instance-concurrency",
+            "4",
+            "--max-requests",
+            "3",
+        ],
+    );
+    let http = Http::new();
+    let mut counts = Vec::new();
+    for _ in 0..7 {
+        counts.push(get(&http, &server, "/count").await.1);
+    }
+    assert_eq!(counts, ["1", "2", "3", "1", "2", "3", "1"]);
+    server.wait_for_output("reason=\"requests\"", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_request_lets_its_instance_mates_finish_then_the_instance_is_replaced() {
+    let server = start(
+        guests::P3_TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--instance-concurrency",
+            "2",
+            "--request-timeout",
+            "1",
+        ],
+    );
+    let http = Http::new();
+    let slow = {
+        let (http, url) = (http.clone(), server.url("/sleep?ms=60000"));
+        tokio::spawn(async move { http.get(&url).await.unwrap().status })
+    };
+    // On the same instance, alongside the request that will time out.
+    let mate = get(&http, &server, "/sleep?ms=10").await;
+    assert_eq!(mate, (StatusCode::OK, "slept".into()));
+    assert_eq!(slow.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
+    // The interrupted instance is retired once nothing else runs on it.
+    assert_eq!(
+        get(&http, &server, "/count").await,
+        (StatusCode::OK, "1".into())
+    );
+    server.wait_for_output("reason=\"timeout\"", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_fails_its_request_and_replaces_the_instance() {
+    let server = start(
+        guests::P3_TESTBED,
+        &["--workers", "1", "--instance-concurrency", "4"],
+    );
+    let http = Http::new();
+    assert_eq!(get(&http, &server, "/count").await.1, "1");
+    let (status, body) = get(&http, &server, "/panic").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(
+        get(&http, &server, "/count").await,
+        (StatusCode::OK, "1".into())
+    );
+    server.wait_for_output("reason=\"trap\"", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_both_ways() {
+    let server = start(
+        guests::P3_TESTBED,
+        &["--workers", "1", "--instance-concurrency", "2"],
+    );
+    let http = Http::new();
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let echoed = http
+        .send(
+            http::Method::POST,
+            &server.url("/echo"),
+            body.clone().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(echoed.status, StatusCode::OK);
+    assert!(echoed.body == body, "the echoed body differs");
+    let streamed = http.get(&server.url("/stream?mib=8")).await.unwrap();
+    assert_eq!(streamed.body.len(), 8 << 20);
+}
+
+#[test]
+fn a_component_that_exports_no_http_handler_is_refused_naming_its_exports() {
+    let dir = std::env::temp_dir().join(format!("fibhost-p3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The smallest valid component: header only, it exports nothing.
+    let empty = dir.join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+    let out = std::process::Command::new(fibhost())
+        .args(["--listen", "127.0.0.1:0", "--component"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("exports neither `wasi:http/incoming-handler@0.2.x` (WASI 0.2) nor `wasi:http/handler@0.3.x` (WASI 0.3)")
+            && stderr.contains("it exports nothing"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn is_fib_9000(reply: &fibhost_e2e::Reply) -> bool {
+    reply.status == StatusCode::OK && reply.text() == crate::reference_sequence("9000")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swaps_between_worlds_under_load_fail_no_request() {
+    let dir = fibhost_e2e::temp_dir("p3-swap");
+    let server = start(
+        guests::P3_FIB,
+        &[
+            "--workers",
+            "2",
+            "--instance-concurrency",
+            "4",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--disable-logging",
+        ],
+    );
+    let http = Http::new();
+    let load = fibhost_e2e::Load::start(8, server.url("/9000"), is_fib_9000);
+    // WASI 0.3 → 0.2 → 0.3 …: each swap is make-before-break whatever the worlds.
+    for i in 1..=10 {
+        let (source, world) = if i % 2 == 1 {
+            (guests::FIB, "wasi:http@0.2")
+        } else {
+            (guests::P3_FIB, "wasi:http@0.3")
+        };
+        let file = dir.join(format!("app-{i}.wasm"));
+        std::fs::copy(source, &file).unwrap();
+        let query = format!("route=/&component={}", file.display());
+        let reply = crate::admin_reload(&http, &server, &query).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let status = http
+            .get(&crate::admin_url(&server, "/admin/status"))
+            .await
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+        assert_eq!(status["routes"][0]["world"], world, "after swap {i}");
+    }
+    let (ok, failed) = load.finish().await;
+    assert_eq!(
+        failed, 0,
+        "{failed} failed requests during 10 swaps ({ok} ok)"
+    );
+    assert!(ok > 100, "only {ok} requests during the swaps");
+}
