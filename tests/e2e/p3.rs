@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::{fibhost, start};
+use crate::start;
 use fibhost_e2e::{Http, guests};
 
 async fn get(http: &Http, server: &fibhost_e2e::Server, path: &str) -> (StatusCode, String) {
@@ -177,28 +177,6 @@ async fn streams_both_ways() {
     assert_eq!(streamed.body.len(), 8 << 20);
 }
 
-#[test]
-fn a_component_that_exports_no_http_handler_is_refused_naming_its_exports() {
-    let dir = std::env::temp_dir().join(format!("fibhost-p3-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // The smallest valid component: header only, it exports nothing.
-    let empty = dir.join("empty.wasm");
-    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
-    let out = std::process::Command::new(fibhost())
-        .args(["--listen", "127.0.0.1:0", "--component"])
-        .arg(&empty)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("exports neither `wasi:http/incoming-handler@0.2.x` (WASI 0.2) nor `wasi:http/handler@0.3.x` (WASI 0.3)")
-            && stderr.contains("it exports nothing"),
-        "{stderr}"
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
 fn is_fib_9000(reply: &fibhost_e2e::Reply) -> bool {
     reply.status == StatusCode::OK && reply.text() == crate::reference_sequence("9000")
 }
@@ -245,4 +223,35 @@ async fn swaps_between_worlds_under_load_fail_no_request() {
         "{failed} failed requests during 10 swaps ({ok} ok)"
     );
     assert!(ok > 100, "only {ok} requests during the swaps");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_requests_of_a_p3_guest_go_by_grant() {
+    let upstream = start(guests::TESTBED_V2, &["--workers", "1"]);
+    let other = start(guests::TESTBED, &["--workers", "1"]);
+    let grant = format!("http://{}", upstream.addr);
+    let server = start(
+        guests::P3_TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--instance-concurrency",
+            "4",
+            "--allow-outbound",
+            &grant,
+        ],
+    );
+    let http = Http::new();
+    let fetch = |addr: std::net::SocketAddr| format!("/fetch?url=http://{addr}&path=/version");
+    assert_eq!(
+        get(&http, &server, &fetch(upstream.addr)).await,
+        (StatusCode::OK, "v2".into())
+    );
+    let (status, body) = get(&http, &server, &fetch(other.addr)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    server.wait_for_output(
+        &format!("destination=\"http://{}\"", other.addr),
+        Duration::from_secs(10),
+    );
 }

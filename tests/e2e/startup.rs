@@ -40,11 +40,15 @@ fn files_that_are_not_http_components() {
         "{out}"
     );
 
-    // A valid component with no exports at all.
+    // A valid component with no exports at all: neither world's handler, and the error lists
+    // what it exports.
     let bare = temp_file("bare.wasm", b"\0asm\x0d\0\x01\0");
     let out = fails(&["--component", bare.to_str().unwrap()]);
     assert!(
-        out.contains("does not export `wasi:http/incoming-handler"),
+        out.contains(
+            "exports neither `wasi:http/incoming-handler@0.2.x` (WASI 0.2) nor \
+             `wasi:http/handler@0.3.x` (WASI 0.3)"
+        ) && out.contains("it exports nothing"),
         "{out}"
     );
 }

@@ -157,7 +157,7 @@ async fn broken_components_are_rejected_and_the_old_version_keeps_serving() {
         (core.display().to_string(), "core WebAssembly module"),
         (
             bare.display().to_string(),
-            "does not export `wasi:http/incoming-handler",
+            "exports neither `wasi:http/incoming-handler@0.2.x`",
         ),
         // The Fibonacci guest answers 400 to `/version`: it fails the warm-up.
         (guests::FIB.to_string(), "answered 400 Bad Request, not 2xx"),

@@ -13,6 +13,7 @@
 //! | `/loop` | spins forever (CPU) |
 //! | `/echo` | streams the request body back as the response body, chunk by chunk |
 //! | `/stream?mib=N` | streams an N MiB body (default 4) in 64 KiB chunks |
+//! | `/fetch?url=SCHEME://HOST:PORT&path=/P` | sends `GET /P` there through `wasi:http/client` (outbound HTTP) and answers with the upstream's status and body; 502 with the error code if the host refuses or it fails |
 //! | anything else | 404 naming the path and query the guest received |
 
 use std::hint::black_box;
@@ -52,8 +53,17 @@ impl Guest for Testbed {
                 .and_then(|(_, v)| v.parse().ok())
                 .unwrap_or(default)
         };
+        let param = |key: &str| {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default()
+        };
         match path {
             "/count" => reply(200, started.to_string()),
+            "/fetch" => fetch(&param("url"), &param("path")).await,
             "/gather" => {
                 let n = number("n", 2);
                 GATHERING.fetch_add(1, Ordering::Relaxed);
@@ -96,6 +106,44 @@ impl Guest for Testbed {
             _ => reply(404, format!("no such testbed path: {target}")),
         }
     }
+}
+
+/// `GET url + path` through the host's outbound client; the upstream's status and body, or 502
+/// naming the error code (e.g. `HttpRequestDenied` for a destination not granted).
+async fn fetch(url: &str, path: &str) -> Result<Response, ErrorCode> {
+    use wasip3::http::client;
+    use wasip3::http::types::Scheme;
+    let Some((scheme, authority)) = url.split_once("://") else {
+        return reply(400, format!("bad url `{url}`"));
+    };
+    let (_trailers_writer, trailers) = wit_future::new(|| Ok(None));
+    let (outgoing, _sent) = Request::new(Fields::new(), None, trailers, None);
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let _ = outgoing.set_scheme(Some(&scheme));
+    let _ = outgoing.set_authority(Some(authority));
+    let _ = outgoing.set_path_with_query(Some(path));
+    let response = match client::send(outgoing).await {
+        Ok(response) => response,
+        Err(code) => return reply(502, format!("{code:?}")),
+    };
+    let status = response.get_status_code();
+    let (outcome, outcome_reader) = wit_future::new(|| Ok(()));
+    let (mut from, _trailers) = Response::consume_body(response, outcome_reader);
+    let mut data = Vec::new();
+    loop {
+        let (result, chunk) = from.read(Vec::with_capacity(CHUNK)).await;
+        data.extend_from_slice(&chunk);
+        match result {
+            StreamResult::Complete(_) => {}
+            StreamResult::Dropped | StreamResult::Cancelled => break,
+        }
+    }
+    drop(outcome);
+    reply(status, String::from_utf8_lossy(&data).into_owned())
 }
 
 /// Answers with a body streamed through from the request's, as it arrives: the response is
