@@ -255,3 +255,33 @@ async fn outbound_requests_of_a_p3_guest_go_by_grant() {
         Duration::from_secs(10),
     );
 }
+
+#[test]
+fn the_compile_cache_covers_p3_components() {
+    let cache = fibhost_e2e::temp_dir("p3-cache").join("cache");
+    let args = [
+        "--component",
+        guests::P3_FIB,
+        "--workers",
+        "1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let first = fibhost_e2e::Server::start(crate::fibhost(), &args);
+    first.wait_for_output("compiled component (cache miss)", Duration::from_secs(30));
+    drop(first);
+    let second = fibhost_e2e::Server::start(crate::fibhost(), &args);
+    second.wait_for_output(
+        "loaded compiled component from cache",
+        Duration::from_secs(30),
+    );
+    assert!(
+        !second.output().contains("cache miss"),
+        "a warm cache recompiled:\n{}",
+        second.output()
+    );
+    assert_eq!(
+        fibhost_e2e::curl(&[&second.url("/10")]).1,
+        crate::reference_sequence("10")
+    );
+}
