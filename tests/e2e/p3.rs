@@ -285,3 +285,48 @@ fn the_compile_cache_covers_p3_components() {
         crate::reference_sequence("10")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_instance_under_steady_load_is_recycled_before_wasmtime_runs_out_of_handles() {
+    // Without a bound, wasmtime 48 keeps ~2 handles per request served alongside others and
+    // the instance traps at the store's cap (100,000) after ~50,000 requests.
+    let server = start(
+        guests::P3_FIB,
+        &[
+            "--workers",
+            "1",
+            "--instance-concurrency",
+            "8",
+            "--disable-logging",
+        ],
+    );
+    let http = Http::new();
+    let expected = crate::reference_sequence("10");
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (http, url, expected) = (http.clone(), server.url("/10"), expected.clone());
+            tokio::spawn(async move {
+                let mut failed = 0;
+                for _ in 0..4_000 {
+                    match http.get(&url).await {
+                        Ok(reply) if reply.status == StatusCode::OK && reply.text() == expected => {
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await.unwrap();
+    }
+    assert_eq!(failed, 0, "{failed} of 128,000 requests failed");
+    server.wait_for_output("reason=\"requests\"", Duration::from_secs(10));
+    assert!(
+        !server.output().contains("handle limit"),
+        "{}",
+        server.output()
+    );
+}
