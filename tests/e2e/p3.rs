@@ -330,3 +330,44 @@ async fn a_concurrent_instance_under_steady_load_is_recycled_before_wasmtime_run
         server.output()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_count_a_concurrent_worker_once_and_each_of_its_requests() {
+    let server = start(
+        guests::P3_TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--instance-concurrency",
+            "9",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let http = Http::new();
+    // Eight requests waiting on one instance for a ninth: one busy worker, nothing queued.
+    let waiting: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url) = (http.clone(), server.url("/gather?n=9"));
+            tokio::spawn(async move { http.get(&url).await.unwrap().status })
+        })
+        .collect();
+    crate::wait_for_load(&server, 1, 0).await;
+    assert_eq!(
+        get(&http, &server, "/gather?n=9").await,
+        (StatusCode::OK, "gathered 9".into())
+    );
+    for task in waiting {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    let stats = crate::admin_url(&server, "/stats");
+    let what = "the worker to have recorded 9 requests and be idle";
+    fibhost_e2e::eventually(Duration::from_secs(10), what, || async {
+        let reply = http.get(&stats).await.unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let worker = &stats["workers"][0];
+        (worker["requests"] == 9 && worker["instance_requests"] == 9 && worker["status"] == "idle")
+            .then_some(())
+    })
+    .await;
+}
