@@ -285,6 +285,10 @@ if [[ ! -f guests/fib.wasm ]]; then
     : # said above
 elif [[ -x $WASMTIME ]]; then
     SYSTEMS+=(wasmtime)
+    # `wasmtime serve` with the WASI 0.3 guest, when this wasmtime serves p3 (`-S p3`).
+    if [[ -f guests/p3-fib.wasm ]] && "$WASMTIME" serve -S help 2>&1 | grep -q 'p3'; then
+        SYSTEMS+=(wasmtime-p3)
+    fi
     if "$WASMTIME" serve --help | grep -q -- --max-instance-reuse-count; then
         SYSTEMS+=(wasmtime-reuse)
     else
@@ -346,6 +350,8 @@ system_command() {
             port=$(free_port)
             ADDR=127.0.0.1:$port
             CMD=(bench/nginx-front.sh "${1#nginx-}" "$port" "$FIBHOST" --workers "$NPROC" --component guests/fib.wasm "${quiet[@]}") ;;
+        # wasmtime 49 reuses p3 instances by default (up to 128 requests, 16 at once).
+        wasmtime-p3) CMD=("$WASMTIME" serve -S cli -S p3 --addr 127.0.0.1:0 guests/p3-fib.wasm) ;;
         wasmtime) CMD=("$WASMTIME" serve -S cli --addr 127.0.0.1:0 guests/fib.wasm) ;;
         wasmtime-reuse)
             CMD=("$WASMTIME" serve -S cli --max-instance-reuse-count "$reuse_all" --addr 127.0.0.1:0 guests/fib.wasm) ;;
