@@ -169,7 +169,7 @@ setup_builds() {
     log "== guests"
     [[ -x scripts/setup.sh ]] && scripts/setup.sh # the wasm32-wasip2 target
     if [[ -x scripts/build-guests.sh ]]; then
-        scripts/build-guests.sh || build_failed guests/fib.wasm "scripts/build-guests.sh"
+        scripts/build-guests.sh --p3 || build_failed guests/fib.wasm "scripts/build-guests.sh --p3"
     elif cargo build --manifest-path guests/Cargo.toml --target wasm32-wasip2 --release -p fib \
         --target-dir guests/target; then
         cp guests/target/wasm32-wasip2/release/fib.wasm guests/fib.wasm
@@ -267,7 +267,7 @@ else
     if [[ -f guests/p3-fib.wasm ]]; then
         SYSTEMS+=(fibhost-p3 fibhost-p3-c8)
     else
-        NOTES+=("not measured: fibhost-p3 (no guests/p3-fib.wasm; scripts/build-guests.sh builds it)")
+        NOTES+=("not measured: fibhost-p3 (no guests/p3-fib.wasm; scripts/build-guests.sh --p3 builds it)")
     fi
     # nginx in front, over the uwsgi protocol and over HTTP (issue 15).
     if [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null; then
