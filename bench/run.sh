@@ -27,7 +27,7 @@
 #      second (--max-worker-lifetime 1) and after every request (--max-requests 1, whose admin
 #      metrics give the time per instantiation), fibhost
 #      with guests/p3-fib.wasm (WASI 0.3; one request per instance, and
-#      --instance-concurrency 8), with guests/{python,js,c}-fib.wasm when those exist (JavaScript with --max-requests 1,
+#      --instance-concurrency 16), with guests/{python,js,c}-fib.wasm when those exist (JavaScript with --max-requests 1,
 #      as StarlingMonkey requires), `wasmtime serve -S cli` without and with instance reuse
 #      (when installed), uWSGI + Flask with the article's settings; and the article's own Flask
 #      app (examples/flask-fib) twice: under fibhost through the WSGI bridge (fibhost-flask,
@@ -263,9 +263,9 @@ else
             NOTES+=("not measured: fibhost-$lang (no guests/$lang-fib.wasm)")
         fi
     done
-    # The same API as a WASI 0.3 component: one request per instance, and 8 at once.
+    # The same API as a WASI 0.3 component: one request per instance, and 16 at once.
     if [[ -f guests/p3-fib.wasm ]]; then
-        SYSTEMS+=(fibhost-p3 fibhost-p3-c8)
+        SYSTEMS+=(fibhost-p3 fibhost-p3-c16)
     else
         NOTES+=("not measured: fibhost-p3 (no guests/p3-fib.wasm; scripts/build-guests.sh --p3 builds it)")
     fi
@@ -336,7 +336,7 @@ system_command() {
             CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}" --max-requests 1 --admin-listen 127.0.0.1:0) ;;
         # WASI 0.3 (its own engine, with concurrency support): compare with fibhost-nolog.
         fibhost-p3) CMD=("${fibhost[@]}" guests/p3-fib.wasm "${quiet[@]}") ;;
-        fibhost-p3-c8) CMD=("${fibhost[@]}" guests/p3-fib.wasm "${quiet[@]}" --instance-concurrency 8) ;;
+        fibhost-p3-c16) CMD=("${fibhost[@]}" guests/p3-fib.wasm "${quiet[@]}" --instance-concurrency 16) ;;
         fibhost-python | fibhost-c) CMD=("${fibhost[@]}" "guests/${1#fibhost-}-fib.wasm" "${quiet[@]}") ;;
         # StarlingMonkey serves one fetch event per instance (see the README's guest section):
         # compare this one with fibhost-maxreq1.
