@@ -13,6 +13,17 @@ use http::StatusCode;
 use crate::start;
 use fibhost_e2e::{Http, guests};
 
+/// fibhost serving the p3 testbed with one worker, whose instance takes `concurrency`
+/// requests at once, and `extra` arguments.
+fn testbed(concurrency: &str, extra: &[&str]) -> fibhost_e2e::Server {
+    let args = [
+        &["--workers", "1", "--instance-concurrency", concurrency],
+        extra,
+    ]
+    .concat();
+    start(guests::P3_TESTBED, &args)
+}
+
 async fn get(http: &Http, server: &fibhost_e2e::Server, path: &str) -> (StatusCode, String) {
     let reply = http.get(&server.url(path)).await.unwrap();
     (reply.status, reply.text())
@@ -38,19 +49,7 @@ async fn gather(http: &Http, server: &fibhost_e2e::Server, n: usize) -> Vec<(Sta
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_instance_serves_instance_concurrency_requests_at_once() {
-    let server = start(
-        guests::P3_TESTBED,
-        &[
-            "--workers",
-            "1",
-            "--instance-concurrency",
-            "8",
-            "--queue",
-            "0",
-            "--request-timeout",
-            "10",
-        ],
-    );
+    let server = testbed("8", &["--queue", "0", "--request-timeout", "10"]);
     let http = Http::new();
     // Eight requests that can only answer when all eight run on the one instance together;
     // admission takes workers × instance-concurrency of them with no queue.
@@ -88,17 +87,7 @@ async fn instance_concurrency_one_serves_one_request_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_requests_counts_requests_on_a_concurrent_instance() {
-    let server = start(
-        guests::P3_TESTBED,
-        &[
-            "--workers",
-            "1",
-            "--instance-concurrency",
-            "4",
-            "--max-requests",
-            "3",
-        ],
-    );
+    let server = testbed("4", &["--max-requests", "3"]);
     let http = Http::new();
     let mut counts = Vec::new();
     for _ in 0..7 {
@@ -110,17 +99,7 @@ async fn max_requests_counts_requests_on_a_concurrent_instance() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timed_out_request_lets_its_instance_mates_finish_then_the_instance_is_replaced() {
-    let server = start(
-        guests::P3_TESTBED,
-        &[
-            "--workers",
-            "1",
-            "--instance-concurrency",
-            "2",
-            "--request-timeout",
-            "1",
-        ],
-    );
+    let server = testbed("2", &["--request-timeout", "1"]);
     let http = Http::new();
     let slow = {
         let (http, url) = (http.clone(), server.url("/sleep?ms=60000"));
@@ -140,10 +119,7 @@ async fn a_timed_out_request_lets_its_instance_mates_finish_then_the_instance_is
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trap_fails_its_request_and_replaces_the_instance() {
-    let server = start(
-        guests::P3_TESTBED,
-        &["--workers", "1", "--instance-concurrency", "4"],
-    );
+    let server = testbed("4", &[]);
     let http = Http::new();
     assert_eq!(get(&http, &server, "/count").await.1, "1");
     let (status, body) = get(&http, &server, "/panic").await;
@@ -157,10 +133,7 @@ async fn a_trap_fails_its_request_and_replaces_the_instance() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_both_ways() {
-    let server = start(
-        guests::P3_TESTBED,
-        &["--workers", "1", "--instance-concurrency", "2"],
-    );
+    let server = testbed("2", &[]);
     let http = Http::new();
     let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let echoed = http
@@ -230,17 +203,7 @@ async fn outbound_requests_of_a_p3_guest_go_by_grant() {
     let upstream = start(guests::TESTBED_V2, &["--workers", "1"]);
     let other = start(guests::TESTBED, &["--workers", "1"]);
     let grant = format!("http://{}", upstream.addr);
-    let server = start(
-        guests::P3_TESTBED,
-        &[
-            "--workers",
-            "1",
-            "--instance-concurrency",
-            "4",
-            "--allow-outbound",
-            &grant,
-        ],
-    );
+    let server = testbed("4", &["--allow-outbound", &grant]);
     let http = Http::new();
     let fetch = |addr: std::net::SocketAddr| format!("/fetch?url=http://{addr}&path=/version");
     assert_eq!(
@@ -333,17 +296,7 @@ async fn a_concurrent_instance_under_steady_load_is_recycled_before_wasmtime_run
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stats_count_a_concurrent_worker_once_and_each_of_its_requests() {
-    let server = start(
-        guests::P3_TESTBED,
-        &[
-            "--workers",
-            "1",
-            "--instance-concurrency",
-            "9",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let server = testbed("9", &["--admin-listen", "127.0.0.1:0"]);
     let http = Http::new();
     // Eight requests waiting on one instance for a ninth: one busy worker, nothing queued.
     let waiting: Vec<_> = (0..8)

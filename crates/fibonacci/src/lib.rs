@@ -45,6 +45,25 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The response headers as `wasi:http` `fields.from-list` takes them: `content-type`,
+    /// `content-length` (of `body`, also for `HEAD`) and, on a 405, `allow`.
+    pub fn header_entries(&self) -> Vec<(String, Vec<u8>)> {
+        let mut entries = vec![
+            (
+                String::from("content-type"),
+                CONTENT_TYPE.as_bytes().to_vec(),
+            ),
+            (
+                String::from("content-length"),
+                format!("{}", self.body.len()).into_bytes(),
+            ),
+        ];
+        if self.allow {
+            entries.push((String::from("allow"), ALLOWED_METHODS.as_bytes().to_vec()));
+        }
+        entries
+    }
+
     fn ok(body: String) -> Self {
         Reply {
             status: 200,

@@ -35,20 +35,7 @@ impl Guest for Fib {
         // response is built with as few as the API allows: the fields in one `from-list`, the
         // status only when it is not the default 200, the body in one write-and-flush per
         // 4096-byte chunk.
-        let length = reply.body.len().to_string();
-        let mut entries = vec![
-            (
-                "content-type".to_string(),
-                fibonacci::CONTENT_TYPE.as_bytes().to_vec(),
-            ),
-            ("content-length".to_string(), length.into_bytes()),
-        ];
-        if reply.allow {
-            entries.push((
-                "allow".to_string(),
-                fibonacci::ALLOWED_METHODS.as_bytes().to_vec(),
-            ));
-        }
+        let entries = reply.header_entries();
         // These names and values are valid, so `from-list` cannot fail.
         let Ok(headers) = Fields::from_list(&entries) else {
             return;

@@ -37,20 +37,7 @@ impl Guest for Fib {
         // boundary as the API allows: the fields in one `from-list`, the status only when it
         // is not the default 200, and the body as one stream write of the whole buffer (the
         // host takes what it can per read; `write_all` resumes where it stopped).
-        let length = reply.body.len().to_string();
-        let mut entries = vec![
-            (
-                "content-type".to_string(),
-                fibonacci::CONTENT_TYPE.as_bytes().to_vec(),
-            ),
-            ("content-length".to_string(), length.into_bytes()),
-        ];
-        if reply.allow {
-            entries.push((
-                "allow".to_string(),
-                fibonacci::ALLOWED_METHODS.as_bytes().to_vec(),
-            ));
-        }
+        let entries = reply.header_entries();
         // These names and values are valid, so `from-list` cannot fail; should a host refuse
         // them all the same, the error is the host's to report.
         let headers = Fields::from_list(&entries)

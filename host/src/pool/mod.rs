@@ -49,7 +49,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 pub use body::{Completion, PoolBody};
 pub use stats::{PoolStats, WorkerStats, unix_now};
 
-use crate::config::RouteConfig;
+use crate::config::{Lifecycle, RouteConfig};
 use crate::engine::{Version, VersionId, World};
 use crate::error::ServeError;
 use crate::guest::{self, GuestRequest, Instance, Reply, Setup};
@@ -465,26 +465,23 @@ impl Worker {
             .serve(job.request, job.scheme, &job.reply, &job.id, timeout)
             .await;
         stats.busy.store(false, Ordering::Relaxed);
+        let done = Served {
+            outcome,
+            started,
+            method,
+            uri,
+            id: job.id,
+            shared: job.shared,
+        };
         let facts = Facts {
             born: self.instance.born(),
             served: self.instance.served(),
             memory_bytes: self.instance.memory_bytes(),
         };
-        record(
-            &self.pool, self.id, &facts, &outcome, started, &job.id, &method, &uri,
-        );
-        self.learn_serves_once(&outcome);
-        let reason = outcome
-            .recycle()
-            .or_else(|| policy::after_request(&self.limits(), &self.drawn, &facts, Instant::now()));
-        if reason.is_some_and(Recycle::is_failure) {
-            // Before the instance goes: its body, if it was cut short, must end as an error.
-            job.shared.failed.store(true, Ordering::Release);
-        }
-        // The worker is free from here: the admission slot goes back now, not after the
-        // replacement below (the client may already be sending its next request).
-        job.shared.admission.release();
-        drop(job.shared);
+        record(&self.pool, self.id, &facts, &done);
+        self.learn_serves_once(&done.outcome);
+        let reason = done.settle(&self.limits(), &self.drawn, &facts);
+        drop(done);
         if let Some(reason) = reason {
             self.replace(reason).await;
         }
@@ -533,15 +530,8 @@ impl Worker {
                         Some(done) = futures::StreamExt::next(&mut running) => {
                             in_flight.retain(|(_, shared)| !Arc::ptr_eq(shared, &done.shared));
                             let facts = Facts { born, served: c.served(), memory_bytes: c.memory_bytes() };
-                            record(pool, id, &facts, &done.outcome, done.started, &done.id, &done.method, &done.uri);
-                            let reason = done.outcome.recycle().or_else(|| {
-                                policy::after_request(&limits, drawn, &facts, Instant::now())
-                            });
-                            if reason.is_some_and(Recycle::is_failure) {
-                                done.shared.failed.store(true, Ordering::Release);
-                            }
-                            done.shared.admission.release();
-                            retire = retire.or(reason);
+                            record(pool, id, &facts, &done);
+                            retire = retire.or(done.settle(&limits, drawn, &facts));
                         }
                         job = jobs.recv(), if can_take => match job {
                             Ok(job) if job.reply.is_abandoned() => {}
@@ -581,7 +571,7 @@ impl Worker {
     }
 }
 
-/// What [`serve_job`] reports to the worker's loop.
+/// One request's end, as its worker records and settles it.
 struct Served {
     outcome: Outcome,
     started: Instant,
@@ -589,6 +579,22 @@ struct Served {
     uri: http::Uri,
     id: RequestId,
     shared: Arc<JobShared>,
+}
+
+impl Served {
+    /// Whether the instance must go after this request (its outcome says so, else the policy
+    /// on `facts`). If so and it failed, its body (if cut short) is marked to end as an
+    /// error, before the instance goes. Then the admission slot goes back: the worker is free
+    /// for the client's next request from here, not after a replacement.
+    fn settle(&self, limits: &Lifecycle, drawn: &Drawn, facts: &Facts) -> Option<Recycle> {
+        let reason = (self.outcome.recycle())
+            .or_else(|| policy::after_request(limits, drawn, facts, Instant::now()));
+        if reason.is_some_and(Recycle::is_failure) {
+            self.shared.failed.store(true, Ordering::Release);
+        }
+        self.shared.admission.release();
+        reason
+    }
 }
 
 /// Serves one job on a WASI 0.3 instance's event loop.
@@ -611,20 +617,15 @@ async fn serve_job(c: &guest::Concurrent<'_>, job: Job, timeout: Option<Duration
 /// Updates worker `worker`'s counters after a request and logs a failure (once, here, where
 /// the route, worker, request and reason are all known). `facts` are its instance's, after
 /// the request.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one request's record, field by field"
-)]
-fn record(
-    pool: &Inner,
-    worker: usize,
-    facts: &Facts,
-    outcome: &Outcome,
-    started: Instant,
-    id: &RequestId,
-    method: &http::Method,
-    uri: &http::Uri,
-) {
+fn record(pool: &Inner, worker: usize, facts: &Facts, done: &Served) {
+    let Served {
+        outcome,
+        started,
+        method,
+        uri,
+        id,
+        ..
+    } = done;
     let stats = &pool.stats.workers[worker - 1];
     stats.requests.fetch_add(1, Ordering::Relaxed);
     (stats.instance_requests).store(facts.served, Ordering::Relaxed);
@@ -652,7 +653,7 @@ impl Worker {
     /// The recycling limits for the current instance: a version that serves one request per
     /// instance gets a fresh instance per request, whatever `max-requests` says; a WASI 0.3
     /// instance serving several at once at most [`CONCURRENT_MAX_REQUESTS`].
-    fn limits(&self) -> crate::config::Lifecycle {
+    fn limits(&self) -> Lifecycle {
         let mut limits = self.pool.setup.route.lifecycle;
         if self.instance.version().serves_once.load(Ordering::Relaxed) {
             limits.max_requests = 1;
