@@ -273,7 +273,7 @@ pub async fn run(
     });
     let access_log = (config.access_log).then(|| access_log.with_query_values(config.log_query));
     let ctx = server::Ctx::new(
-        router,
+        router.clone(),
         config.limits.clone(),
         access_log,
         draining,
@@ -299,11 +299,14 @@ pub async fn run(
         shutdown.await;
         let _ = stop_uwsgi.send(true);
     };
-    server::serve(ctx, listeners.public, &shards, shutdown).await?;
+    let served = server::serve(ctx, listeners.public, &shards, shutdown).await;
     if let Some(uwsgi) = uwsgi {
         let _ = tokio::time::timeout(config.shutdown_timeout, uwsgi).await;
     }
-    Ok(())
+    // Only once both listeners have drained: a uwsgi request accepted before the drain began
+    // may reach its pool after the last HTTP connection is gone, and must not find it closed.
+    router.close();
+    served
 }
 
 /// Compiling components (cranelift, on several threads) leaves megabytes of freed memory in

@@ -201,9 +201,9 @@ pub async fn serve(
             "shutdown timeout reached with requests still in flight; closing them"
         ),
     }
-    // Stop waiting: connections still open past the timeout end with the process.
+    // Stop waiting: connections still open past the timeout end with the process. The pools
+    // are closed by the caller, once every listener has drained.
     drop(threads);
-    ctx.router.close();
     Ok(())
 }
 
