@@ -1,6 +1,7 @@
 //! Builds the Rust test guests for `wasm32-wasip2` and exposes their paths as constants
-//! (`FIB`, `TESTBED`, `TESTBED_V2`, `TESTBED_HANG`, and the WASI 0.3 `P3_FIB`, `P3_TESTBED`), so `cargo test` alone always runs against guests built
-//! from the current sources.
+//! (`FIB`, `TESTBED`, `TESTBED_V2`, `TESTBED_HANG`, `PROXY_STREAMING`, and the WASI 0.3 `P3_FIB`,
+//! `P3_TESTBED`), so `cargo test` alone always runs against guests built from the current
+//! sources.
 
 use std::env;
 use std::fmt::Write as _;
@@ -16,6 +17,7 @@ fn main() {
         "guests/Cargo.lock",
         "guests/fib",
         "guests/testbed",
+        "guests/proxy-streaming",
         "guests/p3-fib",
         "guests/p3-testbed",
         "crates/fibonacci",
@@ -31,6 +33,8 @@ fn main() {
             "fib",
             "-p",
             "testbed",
+            "-p",
+            "proxy-streaming",
             "-p",
             "p3-fib",
             "-p",
@@ -58,6 +62,7 @@ fn main() {
     for (name, path) in [
         ("FIB", v1.join("fib.wasm")),
         ("TESTBED", v1.join("testbed.wasm")),
+        ("PROXY_STREAMING", v1.join("proxy_streaming.wasm")),
         ("P3_FIB", v1.join("p3_fib.wasm")),
         ("P3_TESTBED", v1.join("p3_testbed.wasm")),
         ("TESTBED_V2", testbed_v2),
