@@ -82,7 +82,7 @@ fn arena() Allocator {
 
 fn cabiRealloc(old: ?[*]u8, old_size: usize, alignment: usize, new_size: usize) callconv(.c) ?[*]u8 {
     if (new_size == 0) return @ptrFromInt(alignment);
-    const p = arena().rawAlloc(new_size, std.mem.Alignment.fromByteUnits(alignment), @returnAddress()) orelse return null;
+    const p = arena().rawAlloc(new_size, std.mem.Alignment.fromByteUnits(alignment), @returnAddress()) orelse @trap(); // null (0) would be an in-bounds address to the host
     if (old) |o| @memcpy(p[0..@min(old_size, new_size)], o[0..@min(old_size, new_size)]);
     return p;
 }

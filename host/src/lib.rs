@@ -13,6 +13,10 @@
 //!   [`cli`]: the command line (clap) over it.
 //! - [`activation`]: listening sockets handed over by systemd (socket activation).
 //!
+//! For guest authors:
+//! - [`check`]: `fibhost check`, a component driven in-process before it is deployed.
+//! - [`scaffold`]: `fibhost new`, guest projects from templates.
+//!
 //! Requests, outside in:
 //! - [`server`]: the public listener: connection bounds and timeouts, protocol detection,
 //!   the access log, the graceful drain.
@@ -42,6 +46,7 @@ pub mod activation;
 pub mod admin;
 pub mod app;
 pub mod cache;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod engine;
@@ -55,6 +60,7 @@ pub mod outcome;
 pub mod pool;
 pub mod request_id;
 pub mod routes;
+pub mod scaffold;
 pub mod server;
 pub mod shards;
 pub mod signals;

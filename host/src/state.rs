@@ -239,7 +239,7 @@ impl OutputTag {
             .map(ToString::to_string)
             .unwrap_or_default();
         tracing::info!(
-            target: "fibhost::guest",
+            target: OUTPUT_TARGET,
             route = &*self.route,
             worker = self.worker.load(Ordering::Relaxed),
             request_id = request,
@@ -265,6 +265,10 @@ impl OutputTag {
 }
 
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
+
+/// The tracing target of a guest's output lines (what `RUST_LOG=fibhost::guest=off` hides, and
+/// what `fibhost check` collects).
+pub const OUTPUT_TARGET: &str = "fibhost::guest";
 
 /// A poisoned lock only means another thread panicked while logging; the data is still usable.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

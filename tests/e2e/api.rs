@@ -139,8 +139,15 @@ async fn a_request_id_joins_the_access_line_guest_output_and_warnings() {
         warning[0].contains("request_id=\"trace-42\""),
         "{warning:?}"
     );
-    // The log line of a trap names the cause, with the wasm backtrace (function names).
+    // The log line of a trap names the cause, with the wasm backtrace: the guest's own
+    // function names, from its name section (the guests keep it).
     assert!(warning[0].contains("wasm backtrace"), "{warning:?}");
+    let trap = &output[output.find("guest trapped").unwrap()..];
+    let frames = &trap[..trap.find("Caused by").unwrap_or(trap.len())];
+    assert!(
+        frames.contains("testbed.wasm!") && frames.contains("panicking::panic_fmt"),
+        "{frames}"
+    );
 
     // An id with a space is not printed as given: fibhost makes its own.
     http.send_with(

@@ -21,6 +21,19 @@ async fn check(name: &str, component: &str, extra: &[&str]) {
         eprintln!("skipping conformance for `{name}`: {component} is not built");
         return;
     }
+    // `fibhost check` with the API's expectations, as a guest author would run it.
+    let checked = std::process::Command::new(crate::fibhost())
+        .args(["check", component, "--path", "/9000", "--expect"])
+        .arg(crate::check::fib_api())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "{name}: fibhost check failed:\n{report}"
+    );
+    assert!(!report.contains("FAIL"), "{name}: {report}");
+
     let args =
         |workers: &'static str| [&["--workers", workers, "--disable-logging"], extra].concat();
     let server = start(component, &args("2"));

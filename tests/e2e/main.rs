@@ -3,6 +3,7 @@
 
 mod activation;
 mod api;
+mod check;
 mod conformance;
 mod deploy;
 mod lifecycle;

@@ -193,7 +193,10 @@ func cabiRealloc(oldPtr, oldSize, align, newSize uint32) uint32 {
 		p = permAlloc(uintptr(newSize), uintptr(align))
 	}
 	if p == 0 {
-		return 0 // out of memory: the host traps
+		// Out of memory. 0 would not do: it is an aligned, in-bounds address to the host,
+		// which would write the data there. An address past any 32-bit memory is refused by
+		// the host, and the call traps.
+		return ^uint32(0)
 	}
 	if oldPtr != 0 && oldSize != 0 {
 		n := min(oldSize, newSize)

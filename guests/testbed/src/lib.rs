@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/count` | how many requests this instance has served, this one included |
 //! | `/version` | `v1`, or `v2` when built with the `v2` feature |
-//! | `/grow?mib=N` | keeps N more MiB of linear memory alive, then answers like `/count` |
+//! | `/grow?mib=N` or `?kib=N` | keeps N more MiB (KiB) of linear memory alive, then answers like `/count` (a guest that leaks) |
 //! | `/sleep?ms=N` | answers `slept v1` (or `v2`) after N ms of idle waiting |
 //! | `/loop` | spins forever (CPU) |
 //! | `/alloc` | allocates until allocation fails |
@@ -78,8 +78,11 @@ impl Guest for Testbed {
             "/count" => reply(response_out, 200, served.to_string()),
             "/version" => reply(response_out, 200, VERSION.to_string()),
             "/grow" => {
-                let mib = number("mib", 1) as usize;
-                HOARD.with(|h| h.borrow_mut().push(black_box(vec![1u8; mib * MIB])));
+                let bytes = match param("kib") {
+                    Some(_) => number("kib", 0) as usize * 1024,
+                    None => number("mib", 1) as usize * MIB,
+                };
+                HOARD.with(|h| h.borrow_mut().push(black_box(vec![1u8; bytes])));
                 reply(response_out, 200, served.to_string());
             }
             "/sleep" => {
