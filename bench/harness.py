@@ -335,6 +335,7 @@ def report(run_dir, out):
         lines += ["## Derived: instantiation cost", ""] + derived + [""]
 
     lines += bound_section(run_dir, meta, loads, cell)
+    lines += languages_section(run_dir, loads, systems, cell)
 
     lines += ["## Startup and memory", ""]
     lines.append(
@@ -359,6 +360,59 @@ def report(run_dir, out):
 
     with open(out, "w") as f:
         f.write("\n".join(lines))
+
+
+# The Fibonacci API in each guest language: the row that measures it and its component.
+LANGUAGES = [
+    ("Rust", "fibhost-nolog", "fib"),
+    ("Rust, WASI 0.3", "fibhost-p3", "p3-fib"),
+    ("Python", "fibhost-python", "python-fib"),
+    ("JavaScript", "fibhost-js", "js-fib"),
+    ("C", "fibhost-c", "c-fib"),
+    ("Go", "fibhost-go", "go-fib"),
+    ("Zig", "fibhost-zig", "zig-fib"),
+]
+
+
+def languages_section(run_dir, loads, systems, cell):
+    """Per guest language: req/s on each load (and × native), peak RSS under the keep-alive
+    load, and one instantiation as `fibhost check` timed it (median of 20)."""
+    rows = []
+    for language, system, guest in LANGUAGES:
+        if system not in systems:
+            continue
+        instantiate = "–"
+        try:
+            with open(f"{run_dir}/check-{guest}.txt") as f:
+                found = re.search(r"instantiate\s+median ([\d.]+) µs", f.read())
+            if found:
+                instantiate = found.group(1)
+        except OSError:
+            pass
+        cells = []
+        for load in loads:
+            rps, native = cell(load["name"], system, "rps"), cell(load["name"], "native", "rps")
+            cells.append(f"{fmt(rps)} ({fmt(rps / native, 2)}×)" if rps == rps else "–")
+        rss = cell(loads[-1]["name"], system, "load_rss_kib") / 1024 if loads else float("nan")
+        rows.append(
+            f"| {language} | `guests/{guest}.wasm` | " + " | ".join(cells)
+            + f" | {fmt(rss, 1)} | {instantiate} |"
+        )
+    if not rows:
+        return []
+    header = " | ".join(f"{load['short']} req/s (× native)" for load in loads)
+    return [
+        "## Guest languages",
+        "",
+        "The same API in each language, each served with its default configuration (one "
+        "worker per CPU, access log off; the rows above). Instantiation: `fibhost check`'s "
+        "median of 20 (in-process, no request).",
+        "",
+        f"| Language | component | {header} | peak RSS MiB ({loads[-1]['short']}) | instantiation µs |",
+        "|---|---|" + "--:|" * (len(loads) + 2),
+        *rows,
+        "",
+    ]
 
 
 def bound_section(run_dir, meta, loads, cell):

@@ -27,8 +27,9 @@
 #      second (--max-worker-lifetime 1) and after every request (--max-requests 1, whose admin
 #      metrics give the time per instantiation), fibhost
 #      with guests/p3-fib.wasm (WASI 0.3; one request per instance, and
-#      --instance-concurrency 16), with guests/{python,js,c}-fib.wasm when those exist (JavaScript with --max-requests 1,
-#      as StarlingMonkey requires), `wasmtime serve -S cli` without and with instance reuse
+#      --instance-concurrency 16), with guests/{python,js,c,go,zig}-fib.wasm when those exist,
+#      each with its default configuration (fibhost serves the JavaScript guest with a fresh
+#      instance per request by itself; `fibhost check` times each one's instantiation), `wasmtime serve -S cli` without and with instance reuse
 #      (when installed), uWSGI + Flask with the article's settings; and the article's own Flask
 #      app (examples/flask-fib) twice: under fibhost through the WSGI bridge (fibhost-flask,
 #      guests/flask-fib.wasm from scripts/build-wsgi-guest.sh) and under uWSGI with the same
@@ -87,7 +88,10 @@ done
 NPROC=$(nproc)
 RESULTS=bench/results
 RUN_DIR=$RESULTS/latest
-VENV=target/bench-venv
+# Cargo's target directory (CARGO_TARGET_DIR, e.g. to benchmark without waiting for another
+# build's lock on ./target); the benchmark's venvs live there too.
+TARGET=$(cd "$ROOT" && realpath -m "${CARGO_TARGET_DIR:-target}")
+VENV=$TARGET/bench-venv
 # A server gets this long from spawn to its first 200 (a cold Python guest compiles for a while).
 STARTUP_TIMEOUT_SECS=120
 # The upper bound on one ab run; ab prints what it has when interrupted with SIGINT.
@@ -158,11 +162,11 @@ setup_builds() {
     cargo build --release -p fib-native
     if [[ -z $FIBHOST ]]; then
         log "== cargo build --profile profiling -p fibhost"
-        cargo build --profile profiling -p fibhost || build_failed target/profiling/fibhost "the fibhost profiling build"
+        cargo build --profile profiling -p fibhost || build_failed "$TARGET/profiling/fibhost" "the fibhost profiling build"
     fi
     log "== cargo build --profile profiling -p fibhost --example guest_call"
     cargo build --profile profiling -p fibhost --example guest_call ||
-        build_failed target/profiling/examples/guest_call "the guest_call build"
+        build_failed "$TARGET/profiling/examples/guest_call" "the guest_call build"
     log "== guests/flask-fib.wasm (scripts/build-wsgi-guest.sh)"
     scripts/build-wsgi-guest.sh app:app --app-dir examples/flask-fib -o guests/flask-fib.wasm ||
         build_failed guests/flask-fib.wasm "the flask-fib build"
@@ -197,7 +201,7 @@ setup_oha() {
 
 # The `wasmtime serve` anchor: upstream's own release build from PyPI (pinned in
 # bench/wasmtime/requirements.txt), or with --with-wasmtime a cargo-built 48.0.8.
-WASMTIME_VENV=$ROOT/target/bench-wasmtime
+WASMTIME_VENV=$TARGET/bench-wasmtime
 if ((WITH_WASMTIME)); then
     WASMTIME=$(command -v wasmtime || echo "$HOME/.cargo/bin/wasmtime")
 else
@@ -240,9 +244,9 @@ if [[ -n $FIBHOST ]]; then
     [[ -x $FIBHOST ]] || die "--fibhost \`$FIBHOST\` is not an executable"
     NOTES+=("fibhost binary: \`$FIBHOST\` of $(date -u -r "$FIBHOST" '+%Y-%m-%d %H:%M UTC'), not the working tree's")
 else
-    FIBHOST=target/profiling/fibhost
+    FIBHOST=$TARGET/profiling/fibhost
 fi
-[[ -x target/release/fib-native ]] || die "\`target/release/fib-native\` is missing; run without --no-setup"
+[[ -x $TARGET/release/fib-native ]] || die "\`$TARGET/release/fib-native\` is missing; run without --no-setup"
 
 # ab and wrk hold 500 sockets each, and so do the servers.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -256,7 +260,7 @@ elif [[ ! -x $FIBHOST ]]; then
     NOTES+=("not measured: fibhost (no $FIBHOST)")
 else
     SYSTEMS+=(fibhost fibhost-nolog fibhost-w4-warm fibhost-lifetime1 fibhost-maxreq1)
-    for lang in python js c; do
+    for lang in python js c go zig; do
         if [[ -f guests/$lang-fib.wasm ]]; then
             SYSTEMS+=("fibhost-$lang")
         else
@@ -322,7 +326,7 @@ system_command() {
     local reuse_all=1000000000
     ADDR=
     case $1 in
-        native) CMD=(target/release/fib-native --listen 127.0.0.1:0) ;;
+        native) CMD=("$TARGET/release/fib-native" --listen 127.0.0.1:0) ;;
         fibhost) CMD=("${fibhost[@]}" guests/fib.wasm) ;;
         fibhost-nolog) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}") ;;
         fibhost-lifetime1) CMD=("${fibhost[@]}" guests/fib.wasm "${quiet[@]}" --max-worker-lifetime 1) ;;
@@ -337,10 +341,11 @@ system_command() {
         # WASI 0.3 (its own engine, with concurrency support): compare with fibhost-nolog.
         fibhost-p3) CMD=("${fibhost[@]}" guests/p3-fib.wasm "${quiet[@]}") ;;
         fibhost-p3-c16) CMD=("${fibhost[@]}" guests/p3-fib.wasm "${quiet[@]}" --instance-concurrency 16) ;;
-        fibhost-python | fibhost-c) CMD=("${fibhost[@]}" "guests/${1#fibhost-}-fib.wasm" "${quiet[@]}") ;;
-        # StarlingMonkey serves one fetch event per instance (see the README's guest section):
-        # compare this one with fibhost-maxreq1.
-        fibhost-js) CMD=("${fibhost[@]}" guests/js-fib.wasm "${quiet[@]}" --max-requests 1) ;;
+        # Every guest language with its default configuration. StarlingMonkey serves one fetch
+        # event per instance: fibhost recognises the JavaScript guest and gives each request a
+        # fresh instance by itself, so compare fibhost-js with fibhost-maxreq1.
+        fibhost-python | fibhost-js | fibhost-c | fibhost-go | fibhost-zig)
+            CMD=("${fibhost[@]}" "guests/${1#fibhost-}-fib.wasm" "${quiet[@]}") ;;
         # The article's Flask app, unchanged, through the WSGI bridge: compare with uwsgi-flask.
         fibhost-flask) CMD=("${fibhost[@]}" guests/flask-fib.wasm "${quiet[@]}") ;;
         # nginx → fibhost (access log off in both): `uwsgi_pass` (a connection per request, as
@@ -592,11 +597,21 @@ printf '%s\n' "${NOTES[@]}" >"$RUN_DIR/notes.tsv"
 
 # The guest call alone (host/examples/guest_call.rs): the report's bound on how close to native
 # a host on this wasmtime can come.
-if [[ -x target/profiling/examples/guest_call && -f guests/fib.wasm ]]; then
+if [[ -x $TARGET/profiling/examples/guest_call && -f guests/fib.wasm ]]; then
     log "== the guest call in isolation"
-    timeout 300 target/profiling/examples/guest_call guests/fib.wasm | tee "$RUN_DIR/guest_call.txt" >&2 ||
+    timeout 300 "$TARGET/profiling/examples/guest_call" guests/fib.wasm | tee "$RUN_DIR/guest_call.txt" >&2 ||
         log "run.sh: warning: guest_call failed; the report leaves its bound out"
 fi
+
+# Each guest language's instantiation time, as `fibhost check` measures it (median of 20).
+for guest in fib python-fib js-fib c-fib go-fib zig-fib p3-fib; do
+    if [[ -x $FIBHOST && -f guests/$guest.wasm ]]; then
+        log "== fibhost check guests/$guest.wasm"
+        timeout 300 "$FIBHOST" check "guests/$guest.wasm" --path /9000 --requests 100 \
+            >"$RUN_DIR/check-$guest.txt" 2>&1 ||
+            log "run.sh: warning: fibhost check guests/$guest.wasm failed (see $RUN_DIR/check-$guest.txt)"
+    fi
+done
 
 log "== ${#SYSTEMS[@]} systems × ${#LOADS[@]} loads × $ROUNDS round(s): ${SYSTEMS[*]}"
 warm_cache
