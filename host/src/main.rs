@@ -1,6 +1,7 @@
 //! The `fibhost` command: take the service manager's sockets, parse options, set up logging,
 //! build the app, bind, serve. Or, for guest authors, `fibhost check` and `fibhost new`.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -56,7 +57,8 @@ fn check(args: &CheckArgs) -> ExitCode {
         .expect("a runtime builds unless the process is out of threads or memory");
     match runtime.block_on(fibhost::check::run(&plan)) {
         Ok(report) => {
-            print!("{report}");
+            // The report is the command's output: stdout, not the log.
+            let _ = write!(std::io::stdout().lock(), "{report}");
             if report.safe() {
                 ExitCode::SUCCESS
             } else {

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperIncomingBody;
 
 use crate::config::HttpLimits;
 use crate::error::{BodyError, ServeError};
@@ -840,7 +841,61 @@ where
             })
             .boxed_unsync()
     });
+    let request = request.map(|body| match body.is_end_stream() {
+        true => body,
+        false => Lingering(Some(body)).boxed_unsync(),
+    });
     route.pool.dispatch(request, scheme, id).await
+}
+
+/// A request body that, dropped before its end, is read to its end in the background (as
+/// nginx's lingering close does): a guest may answer without reading an upload, and closing
+/// the connection while the client still sends turns the answer it was given into a broken
+/// pipe on the client's side. Read to the end, the connection even serves its next request.
+/// Bounded by `max-body-size` (the body is [`Limited`]) and by [`LINGER`].
+struct Lingering(Option<HyperIncomingBody>);
+
+/// The longest a dropped request body is read on.
+const LINGER: Duration = Duration::from_secs(30);
+
+impl Body for Lingering {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.as_ref().map(Body::size_hint).unwrap_or_default()
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(mut body) = self.0.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let read_to_end = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(LINGER, read_to_end).await;
+            });
+        }
+    }
 }
 
 /// The declared `Content-Length`, strictly decimal digits (as wasi-http itself requires).

@@ -533,3 +533,30 @@ fn sigterm_answers_requests_already_sent_on_keep_alive_connections() {
         assert!(status.success());
     }
 }
+
+/// A guest that answers without reading an upload: fibhost reads the rest of the upload away
+/// (a lingering close), so the client can finish sending, reads its answer, and the
+/// connection serves its next request. Without it, the connection closes under the client
+/// still uploading (a broken pipe on its side) and the next request finds it gone.
+#[test]
+fn an_upload_the_guest_did_not_read_is_read_away_and_the_connection_lives_on() {
+    let server = start(guests::TESTBED, &["--workers", "1"]);
+    let total = 4 << 20;
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let head = format!("POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'u'; 64 << 10];
+    stream.write_all(&chunk).unwrap();
+    // `/count` answers without reading the body: the answer comes with the upload unfinished.
+    assert_eq!(read_response(&mut stream), (200, "1".to_string()));
+    for _ in 1..total / chunk.len() {
+        stream
+            .write_all(&chunk)
+            .expect("the server still reads the upload");
+    }
+    stream
+        .write_all(b"GET /count HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // The same instance answers the next request on this connection.
+    assert_eq!(read_response(&mut stream), (200, "2".to_string()));
+}
