@@ -398,7 +398,12 @@ impl<'a> Driver<'a> {
                     drop(instance);
                 }
                 Err(e) => {
-                    report.push("instantiate", Verdict::Fail, format!("{e:#}"));
+                    let mut text = format!("{e:#}");
+                    let output = self.output.take();
+                    if !output.is_empty() {
+                        text += &format!("\nThe guest wrote:\n    {}", output.join("\n    "));
+                    }
+                    report.push("instantiate", Verdict::Fail, text);
                     return false;
                 }
             }
