@@ -7,6 +7,7 @@ mod check;
 mod conformance;
 mod deploy;
 mod lifecycle;
+mod new;
 mod ops;
 mod outbound;
 mod p3;
