@@ -594,7 +594,7 @@ impl<'a> Driver<'a> {
             }
             let status = answer.status.map_or(0, |s| s.as_u16());
             *statuses.entry(status).or_default() += 1;
-            if n >= mark && ((n - mark) % stretch == 0 || n == total) {
+            if n >= mark && ((n - mark).is_multiple_of(stretch) || n == total) {
                 samples.push(self.memory());
             }
         }
