@@ -328,9 +328,10 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let limit = ctx.limits.header_read_timeout;
-    // A second handle on the socket, to look for bytes the kernel holds but the runtime has not
-    // reported yet (see `serve_stream`'s drain).
-    let probe = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+    // The socket's descriptor, to look for bytes the kernel holds but the runtime has not
+    // reported yet (see `serve_stream`'s drain). Not a duplicate: a dup and its close were two
+    // of the eleven system calls of a one-request connection.
+    let probe = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let result = match ctx.tls.clone() {
         None => serve_stream(stream, peer, &ctx, &builders, Scheme::Http, drain, probe).await,
         Some(tls) => match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
@@ -354,7 +355,7 @@ async fn serve_stream<S>(
     builders: &Builders,
     scheme: Scheme,
     mut drain: watch::Receiver<bool>,
-    probe: Option<std::os::fd::OwnedFd>,
+    probe: std::os::fd::RawFd,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -395,7 +396,7 @@ where
                 // the connection after it.
                 let sent = !is_h2
                     && activity.in_flight.load(Ordering::Relaxed) == 0
-                    && probe.as_ref().is_some_and(has_unread_bytes);
+                    && has_unread_bytes(probe);
                 if !sent {
                     connection.as_mut().graceful_shutdown();
                     closing_since = Some(Instant::now());
@@ -418,36 +419,44 @@ where
     }
 }
 
-/// Whether the kernel holds bytes the client sent that nobody has read yet.
-fn has_unread_bytes(socket: &std::os::fd::OwnedFd) -> bool {
+/// Whether the kernel holds bytes the client sent that nobody has read yet, on the socket
+/// `fd` of a connection that is still being served.
+fn has_unread_bytes(fd: std::os::fd::RawFd) -> bool {
+    #[expect(unsafe_code, reason = "see the SAFETY comment")]
+    // SAFETY: called only from `serve_stream`'s loop, while the connection future that owns
+    // the socket is alive: the descriptor is open and still this connection's.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    // The duplicate shares the socket's O_NONBLOCK: no data is `WouldBlock`, not a wait.
-    matches!(socket2::SockRef::from(socket).peek(&mut byte), Ok(n) if n > 0)
+    // The socket is O_NONBLOCK: no data is `WouldBlock`, not a wait.
+    matches!(socket2::SockRef::from(&socket).peek(&mut byte), Ok(n) if n > 0)
 }
 
 /// Reads the first bytes of a connection to tell HTTP/2 prior knowledge (the preface) from
 /// HTTP/1.1: returns what was read (to be replayed) and whether it is HTTP/2. `None` if the
 /// client closed without a byte.
 async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<(Bytes, bool)>> {
-    let mut buf = vec![0u8; H2_PREFACE.len()];
-    let mut read = 0;
-    while read < H2_PREFACE.len() {
-        let n = stream.read(&mut buf[read..]).await?;
-        if n == 0 {
-            if read == 0 {
+    // Room for a whole typical request head: what this read takes, hyper does not read again
+    // (one `recvfrom` per one-request connection instead of two).
+    let mut buf = bytes::BytesMut::with_capacity(DETECT_BYTES);
+    while buf.len() < H2_PREFACE.len() {
+        let before = buf.len();
+        if stream.read_buf(&mut buf).await? == 0 {
+            if before == 0 {
                 return Ok(None);
             }
             break;
         }
-        read += n;
-        if buf[..read] != H2_PREFACE[..read] {
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] {
             break;
         }
     }
-    buf.truncate(read);
-    let is_h2 = buf == H2_PREFACE;
-    Ok(Some((Bytes::from(buf), is_h2)))
+    let is_h2 = buf.starts_with(H2_PREFACE);
+    Ok(Some((buf.freeze(), is_h2)))
 }
+
+/// What the protocol detection reads at most: the first read of a connection.
+const DETECT_BYTES: usize = 2048;
 
 /// A stream whose first bytes were already read (for protocol detection): replays them, then
 /// reads on.
