@@ -513,17 +513,22 @@ impl Worker {
                 let mut running = futures::stream::FuturesUnordered::new();
                 let (mut retire, mut closed) = (None, false);
                 let mut next = Some(first);
+                // Requests given to the instance, counted when taken: `c.served()` counts a
+                // request only once its future is first polled, and the `select!` below keeps
+                // waiting for a job with the `can_take` it was entered with.
+                let mut given = c.served();
                 loop {
                     if let Some(job) = next.take() {
                         job.shared.worker.store(id, Ordering::Relaxed);
                         in_flight.push((job.reply.clone(), job.shared.clone()));
                         running.push(serve_job(c, job, timeout));
+                        given += 1;
                     }
                     if running.is_empty() {
                         break retire;
                     }
                     // `max-requests` is exact here too: an instance is never given more.
-                    let below_max = limits.max_requests == 0 || c.served() < limits.max_requests;
+                    let below_max = limits.max_requests == 0 || given < limits.max_requests;
                     let can_take = retire.is_none() && !closed && below_max && running.len() < limit;
                     tokio::select! {
                         biased;
