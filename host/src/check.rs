@@ -70,6 +70,9 @@ pub struct Plan {
     pub route: RouteConfig,
     /// Largest component file read (`max-component-size`).
     pub max_component_bytes: u64,
+    /// The compiled-component cache (`cache-dir`), shared with `serve`: a component checked
+    /// once compiles no more, there or here.
+    pub cache_dir: Option<PathBuf>,
     /// The path of the GET, HEAD, POST and soak requests.
     pub path: String,
     /// Requests sent to one instance.
@@ -244,7 +247,7 @@ pub async fn run(plan: &Plan) -> Result<Report> {
     let loader = Loader::new(
         1,
         plan.route.lifecycle.memory_limit_bytes,
-        None,
+        plan.cache_dir.as_deref(),
         plan.max_component_bytes,
     )?;
     let started = Instant::now();

@@ -51,7 +51,8 @@ pub struct CheckArgs {
     #[arg(value_name = "GUEST")]
     pub component: PathBuf,
     /// Check under this config file's settings (memory-limit, request-timeout, max-requests,
-    /// reload-on-memory, env…) instead of the defaults; its component is ignored.
+    /// reload-on-memory, env…, and its cache-dir) instead of the defaults; its component is
+    /// ignored.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Path (and query) of the GET, HEAD, POST and repeated requests.
@@ -80,6 +81,7 @@ impl CheckArgs {
         Ok(check::Plan {
             route: route.expect("a component given resolves to the `/` route"),
             max_component_bytes: config.max_component_bytes,
+            cache_dir: config.cache_dir,
             path: self.path.clone(),
             requests: self.requests,
             expectations: match &self.expect {

@@ -90,9 +90,15 @@ fn a_leaking_guest_fails_with_the_rate_and_what_to_set() {
         "{report}"
     );
 
-    // Recycled before the limit by the operator's settings: a notice, not a failure.
-    let config = fibhost_e2e::temp_dir("check").join("fibhost.toml");
-    std::fs::write(&config, "max-requests = 500\n").unwrap();
+    // Recycled before the limit by the operator's settings: a notice, not a failure. The
+    // config's compile cache is used as `serve` would use it.
+    let dir = fibhost_e2e::temp_dir("check");
+    let (config, cache) = (dir.join("fibhost.toml"), dir.join("cache"));
+    let text = format!(
+        "max-requests = 500\ncache-dir = {:?}\n",
+        cache.to_str().unwrap()
+    );
+    std::fs::write(&config, text).unwrap();
     let config = config.to_str().unwrap();
     let (code, report) = check(&[
         guests::TESTBED,
@@ -103,6 +109,8 @@ fn a_leaking_guest_fails_with_the_rate_and_what_to_set() {
     ]);
     assert_eq!(code, 0, "{report}");
     assert!(report.contains("recycles it first"), "{report}");
+    let cached = std::fs::read_dir(&cache).map_or(0, |entries| entries.count());
+    assert!(cached > 0, "nothing in the cache-dir after the check");
 }
 
 #[test]
