@@ -112,7 +112,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
             });
             // HTTP/1.1 only: no protocol detection to stall on, and hyper's header-read timer
             // runs from the first read, so a silent client is closed after the timeout.
+            // Half-close: a request received whole is carried out even when its client closed
+            // its side right after sending it (`nc -N`, a script that does not wait); without
+            // it hyper could see the end of input before first polling the handler, and drop a
+            // reload unstarted (seen once in `swap::an_admin_swap_completes_when_its_caller_leaves`).
             let _ = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
                 .serve_connection(TokioIo::new(stream), service)
