@@ -333,13 +333,7 @@ impl Answer {
     /// when it was answered whole.
     fn failure(&self) -> Option<String> {
         let why = self.why()?;
-        if self.output.is_empty() {
-            return Some(why);
-        }
-        Some(format!(
-            "{why}\nThe guest wrote:\n    {}",
-            self.output.join("\n    ")
-        ))
+        Some(with_output(why, &self.output))
     }
 
     fn why(&self) -> Option<String> {
@@ -416,11 +410,7 @@ impl<'a> Driver<'a> {
                     drop(instance);
                 }
                 Err(e) => {
-                    let mut text = format!("{e:#}");
-                    let output = self.output.take();
-                    if !output.is_empty() {
-                        text += &format!("\nThe guest wrote:\n    {}", output.join("\n    "));
-                    }
+                    let text = with_output(format!("{e:#}"), &self.output.take());
                     report.push("instantiate", Verdict::Fail, text);
                     return false;
                 }
@@ -787,6 +777,14 @@ async fn send(
     }
 }
 
+/// `why`, followed by what the guest wrote meanwhile, if anything.
+fn with_output(why: String, output: &[String]) -> String {
+    match output {
+        [] => why,
+        lines => format!("{why}\nThe guest wrote:\n    {}", lines.join("\n    ")),
+    }
+}
+
 /// The guest's output lines, kept for the report: the check has no process log, and a
 /// failure is acted on with what the guest printed (a panic message, a traceback).
 #[derive(Clone, Default)]
@@ -830,18 +828,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for GuestOutput {
 /// A request as a client would send it, with its body whole.
 fn request(method: Method, path: &str, body: Bytes) -> GuestRequest {
     let length = body.len();
-    let body: HyperIncomingBody = Full::new(body)
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut request = hyper::Request::new(body);
-    *request.method_mut() = method;
-    *request.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
-    let headers = request.headers_mut();
-    headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
-    if length > 0 {
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
-    }
-    request
+    let body = Full::new(body).map_err(|never| match never {});
+    with_head(method, path, body.boxed_unsync(), length)
 }
 
 /// A POST whose body arrives in [`SLOW_CHUNKS`] pieces, [`SLOW_PAUSE`] apart.
@@ -855,16 +843,20 @@ fn trickled(path: &str, body: Bytes) -> GuestRequest {
             chunks,
         ))
     });
-    let body: HyperIncomingBody = StreamBody::new(stream).boxed_unsync();
+    let body = StreamBody::new(stream).boxed_unsync();
+    with_head(Method::POST, path, body, SLOW_CHUNKS * SLOW_CHUNK)
+}
+
+/// `body` with the head a client would send: method, path, `Host`, and the body's length.
+fn with_head(method: Method, path: &str, body: HyperIncomingBody, length: usize) -> GuestRequest {
     let mut request = hyper::Request::new(body);
-    *request.method_mut() = Method::POST;
+    *request.method_mut() = method;
     *request.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
     let headers = request.headers_mut();
     headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
-    headers.insert(
-        http::header::CONTENT_LENGTH,
-        HeaderValue::from(SLOW_CHUNKS * SLOW_CHUNK),
-    );
+    if length > 0 {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     request
 }
 
