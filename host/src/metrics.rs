@@ -25,9 +25,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tracing_appender::non_blocking::ErrorCounter;
 
 use crate::guest::LiveInstances;
+use crate::logging::DroppedLines;
 use crate::outbound::OutboundMetrics;
 use crate::outcome::Recycle;
 use crate::pool::{Pool, unix_now};
@@ -257,7 +257,7 @@ impl Metrics {
         &mut self,
         pools: Vec<Pool>,
         live: LiveInstances,
-        log_errors: ErrorCounter,
+        log_errors: Arc<DroppedLines>,
     ) {
         self.registry
             .register_collector(Box::new(PoolCollector { pools }));
@@ -289,7 +289,7 @@ struct PoolCollector {
 /// The process's own gauges and counters, read on each scrape.
 struct ProcessCollector {
     live: LiveInstances,
-    log_errors: ErrorCounter,
+    log_errors: Arc<DroppedLines>,
     started: Instant,
 }
 
@@ -325,7 +325,7 @@ impl Collector for ProcessCollector {
             "fibhost_log_lines_dropped",
             "Log lines (access log included) dropped because stderr's reader fell behind; \
              serving never waits for the log",
-            ConstCounter::new(self.log_errors.dropped_lines() as u64),
+            ConstCounter::new(self.log_errors.count()),
         )
     }
 }

@@ -15,7 +15,8 @@
 //! processes sharing the port 87k. See ARCHITECTURE.md for the numbers after it.
 
 use std::cell::Cell;
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::runtime::Handle;
@@ -26,11 +27,17 @@ thread_local! {
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
+/// How long dropping [`Shards`] waits for the threads to end (each hands over its last access
+/// log lines as it ends; a thread can be held up by a guest until its next epoch yield).
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// The running event-loop threads. Dropping it stops them (their runtimes drop every task
-/// they still hold).
+/// they still hold) and waits for them, up to [`STOP_WAIT`].
 pub struct Shards {
     handles: Vec<Handle>,
     stops: Vec<oneshot::Sender<()>>,
+    /// Disconnected once every thread has ended (in a mutex only so that `Shards` is `Sync`).
+    ended: Mutex<mpsc::Receiver<()>>,
 }
 
 impl Shards {
@@ -38,14 +45,19 @@ impl Shards {
     pub fn start(count: usize) -> Result<Shards> {
         let mut handles = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
+        let (ended_tx, ended) = mpsc::channel::<()>();
         for index in 0..count {
             let (ready_tx, ready_rx) = mpsc::channel();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let ended_tx = ended_tx.clone();
             std::thread::Builder::new()
                 .name(format!("fibhost-shard-{index}"))
                 .spawn(move || {
+                    let _ended = ended_tx;
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
+                        // Out of work: hand the access lines gathered so far to the log writer.
+                        .on_thread_park(crate::logging::flush_pending)
                         .build()
                     {
                         Ok(runtime) => runtime,
@@ -59,6 +71,8 @@ impl Shards {
                     runtime.block_on(async {
                         let _ = stop_rx.await;
                     });
+                    drop(runtime);
+                    crate::logging::flush_pending();
                 })
                 .context("cannot start an event-loop thread")?;
             let handle = ready_rx
@@ -68,7 +82,11 @@ impl Shards {
             handles.push(handle);
             stops.push(stop_tx);
         }
-        Ok(Shards { handles, stops })
+        Ok(Shards {
+            handles,
+            stops,
+            ended: Mutex::new(ended),
+        })
     }
 
     /// Number of shards.
@@ -101,6 +119,10 @@ impl Drop for Shards {
     fn drop(&mut self) {
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
+        }
+        // Disconnected when the last thread has ended; nothing is ever sent.
+        if let Ok(ended) = self.ended.get_mut() {
+            let _ = ended.recv_timeout(STOP_WAIT);
         }
     }
 }

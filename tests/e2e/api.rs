@@ -1,5 +1,7 @@
 //! The server issue's API checks on the Rust guest: exact bodies, errors, HEAD, concurrency.
 
+use std::time::Duration;
+
 use http::StatusCode;
 
 use crate::{reference_sequence, start};
@@ -178,4 +180,57 @@ async fn query_values_can_be_kept_out_of_the_access_log() {
         std::time::Duration::from_secs(10),
     );
     assert!(!server.output().contains("s3cret"), "{}", server.output());
+}
+
+/// The access log gathers each event-loop thread's lines into batches under load: every
+/// request still gets exactly one line, without waiting for the server to stop (a thread
+/// hands its batch over when it runs out of work), and none is lost or repeated at exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_gets_one_access_line_under_load() {
+    const CLIENTS: u64 = 50;
+    const EACH: u64 = 60;
+    let mut server = start(guests::FIB, &["--workers", "2"]);
+    let http = Http::new();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let (http, base) = (http.clone(), server.url(""));
+        clients.spawn(async move {
+            for i in 0..EACH {
+                let reply = http.get(&format!("{base}/{}", client * EACH + i)).await;
+                assert_eq!(reply.unwrap().status, StatusCode::OK);
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let total = (CLIENTS * EACH) as usize;
+    let count = |output: &str| {
+        let mut seen = vec![0u32; total];
+        for line in output.lines().filter(|l| l.contains("fibhost::access")) {
+            let path = line
+                .split(" path=/")
+                .nth(1)
+                .and_then(|r| r.split(' ').next());
+            seen[path.and_then(|n| n.parse::<usize>().ok()).expect(line)] += 1;
+        }
+        seen
+    };
+    fibhost_e2e::eventually(
+        Duration::from_secs(30),
+        "an access line per request",
+        || {
+            let seen = count(&server.output());
+            async move { seen.iter().all(|&n| n >= 1).then_some(()) }
+        },
+    )
+    .await;
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+    let seen = count(&server.output());
+    let wrong: Vec<_> = (0..total).filter(|&n| seen[n] != 1).collect();
+    assert!(
+        wrong.is_empty(),
+        "paths without exactly one access line: {wrong:?}"
+    );
 }
