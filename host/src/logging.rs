@@ -10,19 +10,21 @@
 //! timestamp formatting) cost ~17% of keep-alive throughput; [`AccessLog`] formats the same
 //! line by hand into the same non-blocking writer.
 //!
-//! An event-loop thread hands its access lines to the writer thread in batches: the lines
-//! gather in a per-thread buffer, sent when it holds [`BATCH_BYTES`] or when the thread's
-//! event loop runs out of work and goes idle ([`flush_pending`], the shards' park hook). One
-//! hand-off per line (a queue push that wakes the writer thread, which then writes a line or
+//! An event-loop thread hands its access lines over in batches: the lines gather in a
+//! per-thread buffer, which goes to a shared backlog when it holds [`BATCH_BYTES`] or when
+//! the thread's event loop runs out of work and goes idle ([`flush_pending`], the shards'
+//! park hook); the writer thread takes the whole backlog before each write it makes. One
+//! queue message per line (a push that wakes the writer thread, which then wrote a line or
 //! two per `write` call) cost ~5% of keep-alive throughput; under load a batch carries ~100
 //! lines. A line is never held past the moment its thread has nothing else to do, so an idle
 //! server's log is as current as before; under load, access lines of different threads (and
-//! the server's own log lines) may appear out of order by a batch.
+//! the server's own log lines) may appear out of order by a batch. The backlog is bounded in
+//! bytes ([`BACKLOG_BYTES`]): a batch that would pass it is dropped and its lines counted.
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
@@ -45,26 +47,37 @@ const BUFFERED_LINES: usize = 16 * 1024;
 /// Access-log bytes a thread gathers before it hands them to the writer thread (~100 lines).
 const BATCH_BYTES: usize = 16 * 1024;
 
+/// The most access-log bytes waiting for the writer thread (~25,000 lines: more than the line
+/// queue holds); past it, batches are dropped and counted. The bound on the log's memory
+/// when stderr's reader stalls.
+const BACKLOG_BYTES: usize = 4 * 1024 * 1024;
+
 /// Installs the global subscriber and returns the access log writer with the guard. Keep the
 /// guard alive until exit: dropping it flushes. If a subscriber is already installed (a test
 /// running several servers in one process) the first one stays.
 pub fn init(format: LogFormat) -> (AccessLog, WorkerGuard) {
+    let backlog = Arc::new(Backlog::default());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
         // stderr is unbuffered: one syscall per line. The writer thread drains everything
         // queued, then flushes, so a buffer batches lines under load at no added latency.
-        .finish(std::io::BufWriter::with_capacity(
-            WRITE_BUFFER_BYTES,
-            std::io::stderr(),
-        ));
+        .finish(WithBacklog {
+            out: std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stderr()),
+            backlog: backlog.clone(),
+            spare: Vec::new(),
+        });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let access = AccessLog {
         writer: writer.clone(),
         format,
         query_values: true,
-        dropped: Arc::new(DroppedLines {
-            queue: writer.error_counter(),
-            in_batches: AtomicU64::new(0),
+        shared: Arc::new(Shared {
+            backlog,
+            dropped: DroppedLines {
+                queue: writer.error_counter(),
+                wake_ups: AtomicU64::new(0),
+                in_batches: AtomicU64::new(0),
+            },
         }),
     };
     let builder = tracing_subscriber::fmt()
@@ -84,23 +97,95 @@ pub struct AccessLog {
     format: LogFormat,
     /// Whether query values are logged (`log-query`); else only parameter names.
     query_values: bool,
-    /// Also tells this log's batches from another's (several servers in one test process).
-    dropped: Arc<DroppedLines>,
+    /// The backlog and the drop counts (its address also tells this log's batches from
+    /// another's: several servers in one test process).
+    shared: Arc<Shared>,
 }
 
-/// Log lines lost because the queue to the writer thread was full (stderr's reader fell
-/// behind). The queue counts each message it drops as one; a dropped batch of access lines
-/// is counted here as the lines it held.
-pub struct DroppedLines {
+/// What the event-loop threads share with the writer thread.
+struct Shared {
+    backlog: Arc<Backlog>,
+    dropped: DroppedLines,
+}
+
+/// Access-log batches the writer thread has not taken yet, at most [`BACKLOG_BYTES`].
+#[derive(Default)]
+struct Backlog(Mutex<Vec<u8>>);
+
+/// The writer thread's output: before each write (and flush) it writes the backlog, so access
+/// lines need no queue message of their own, only a wake-up when the backlog was empty.
+struct WithBacklog<W> {
+    out: W,
+    backlog: Arc<Backlog>,
+    /// The emptied buffer of the last backlog taken, reused as the next backlog.
+    spare: Vec<u8>,
+}
+
+impl<W: std::io::Write> WithBacklog<W> {
+    fn write_backlog(&mut self) -> std::io::Result<()> {
+        let batches = {
+            let mut backlog = self.backlog.0.lock().unwrap_or_else(|p| p.into_inner());
+            if backlog.is_empty() {
+                return Ok(());
+            }
+            std::mem::replace(&mut *backlog, std::mem::take(&mut self.spare))
+        };
+        self.out.write_all(&batches)?;
+        // Keep a buffer for the next backlog, unless a burst made it large.
+        if batches.capacity() <= 4 * BATCH_BYTES {
+            self.spare = batches;
+            self.spare.clear();
+        }
+        Ok(())
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for WithBacklog<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_backlog()?;
+        self.out.write(buf)
+    }
+
+    /// The writer thread writes each queue message with this (an empty one is a wake-up).
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.write_backlog()?;
+        self.out.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_backlog()?;
+        self.out.flush()
+    }
+}
+
+/// A handle on the dropped-lines count, for the metrics.
+#[derive(Clone)]
+pub struct DroppedLinesHandle(Arc<Shared>);
+
+impl DroppedLinesHandle {
+    /// Lines dropped so far.
+    pub fn count(&self) -> u64 {
+        self.0.dropped.count()
+    }
+}
+
+/// Log lines lost because the queue to the writer thread was full, or the access-log
+/// backlog was (stderr's reader fell behind).
+struct DroppedLines {
+    /// Messages the queue dropped: lines, and wake-ups for the backlog.
     queue: ErrorCounter,
-    /// Lines beyond the first of each dropped batch.
+    /// Wake-ups the queue dropped (no line was lost with them).
+    wake_ups: AtomicU64,
+    /// Access lines in batches the backlog had no room for.
     in_batches: AtomicU64,
 }
 
 impl DroppedLines {
     /// Lines dropped so far.
     pub fn count(&self) -> u64 {
-        self.queue.dropped_lines() as u64 + self.in_batches.load(Ordering::Relaxed)
+        (self.queue.dropped_lines() as u64)
+            .saturating_sub(self.wake_ups.load(Ordering::Relaxed))
+            .saturating_add(self.in_batches.load(Ordering::Relaxed))
     }
 }
 
@@ -131,20 +216,36 @@ struct Pending {
     count: u64,
     /// The formatted date of the last second seen, and that second.
     date: (u64, String),
-    log: Option<(NonBlocking, Arc<DroppedLines>)>,
+    log: Option<(NonBlocking, Arc<Shared>)>,
 }
 
 impl Pending {
-    /// Hands the gathered lines to the writer thread (one queue message).
+    /// Moves the gathered lines to the backlog, and wakes the writer thread if the backlog
+    /// was empty (else a wake-up is on its way already).
     fn flush(&mut self) {
         if self.lines.is_empty() {
             return;
         }
-        if let Some((writer, dropped)) = &mut self.log {
-            let before = dropped.queue.dropped_lines();
-            let _ = writer.write_all(&self.lines);
-            if dropped.queue.dropped_lines() != before {
-                (dropped.in_batches).fetch_add(self.count - 1, Ordering::Relaxed);
+        if let Some((writer, shared)) = &mut self.log {
+            let was_empty = {
+                let mut backlog = shared.backlog.0.lock().unwrap_or_else(|p| p.into_inner());
+                if backlog.len() + self.lines.len() > BACKLOG_BYTES {
+                    (shared.dropped.in_batches).fetch_add(self.count, Ordering::Relaxed);
+                    None
+                } else {
+                    let was_empty = backlog.is_empty();
+                    backlog.extend_from_slice(&self.lines);
+                    Some(was_empty)
+                }
+            };
+            if was_empty == Some(true) {
+                let dropped = &shared.dropped;
+                let before = dropped.queue.dropped_lines();
+                // An empty message: `write_all` would send nothing.
+                let _ = std::io::Write::write(writer, &[]);
+                if dropped.queue.dropped_lines() != before {
+                    dropped.wake_ups.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         self.lines.clear();
@@ -186,8 +287,8 @@ impl AccessLog {
 
     /// Counts the log lines (access and process log alike) dropped because the queue to the
     /// writer thread was full: stderr's reader fell behind.
-    pub fn dropped_lines(&self) -> Arc<DroppedLines> {
-        self.dropped.clone()
+    pub fn dropped_lines(&self) -> DroppedLinesHandle {
+        DroppedLinesHandle(self.shared.clone())
     }
 
     /// Writes `entry` (through the background writer: never blocks on the terminal or pipe).
@@ -205,10 +306,10 @@ impl AccessLog {
         };
         PENDING.with(|pending| {
             let pending = &mut *pending.borrow_mut();
-            let ours = (pending.log.as_ref()).is_some_and(|(_, d)| Arc::ptr_eq(d, &self.dropped));
+            let ours = (pending.log.as_ref()).is_some_and(|(_, s)| Arc::ptr_eq(s, &self.shared));
             if !ours {
                 pending.flush();
-                pending.log = Some((self.writer.clone(), self.dropped.clone()));
+                pending.log = Some((self.writer.clone(), self.shared.clone()));
             }
             let (line, (cached_secs, cached_date)) = (&mut pending.lines, &mut pending.date);
             let now = SystemTime::now()

@@ -27,7 +27,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::guest::LiveInstances;
-use crate::logging::DroppedLines;
+use crate::logging::DroppedLinesHandle;
 use crate::outbound::OutboundMetrics;
 use crate::outcome::Recycle;
 use crate::pool::{Pool, unix_now};
@@ -257,7 +257,7 @@ impl Metrics {
         &mut self,
         pools: Vec<Pool>,
         live: LiveInstances,
-        log_errors: Arc<DroppedLines>,
+        log_errors: DroppedLinesHandle,
     ) {
         self.registry
             .register_collector(Box::new(PoolCollector { pools }));
@@ -289,7 +289,7 @@ struct PoolCollector {
 /// The process's own gauges and counters, read on each scrape.
 struct ProcessCollector {
     live: LiveInstances,
-    log_errors: Arc<DroppedLines>,
+    log_errors: DroppedLinesHandle,
     started: Instant,
 }
 
