@@ -7,8 +7,9 @@
 //! one thread: the hand-offs between the connection task and the worker task are wake-ups
 //! in the same run queue, never a futex and a cross-core cache miss.
 //!
-//! The control plane (admin listener, signals, hot swap, the spawners that instantiate
-//! spare instances, compilation) stays on the main runtime, off these threads.
+//! The control plane (admin listener, signals, hot swap, compilation) stays on the main
+//! runtime, off these threads. Each thread also builds its own workers' spare instances
+//! ([`crate::pool`]), so that an instance is made on the core that will run it.
 //!
 //! Measured before this design (issue 7, 2 cores, `wrk -c500` keep-alive, same run): one
 //! multi-threaded runtime with a shared job queue served 56–58k req/s, two single-threaded
@@ -106,13 +107,18 @@ impl Shards {
 
     /// The shard that runs worker `id` (1-based): workers are dealt out in turn.
     pub fn of_worker(&self, id: usize) -> usize {
-        (id - 1) % self.handles.len()
+        shard_of_worker(id, self.handles.len())
     }
 
     /// The shard the calling thread runs, or `None` off the shard threads.
     pub fn current() -> Option<usize> {
         CURRENT.get()
     }
+}
+
+/// The shard of `shards` that runs worker `id` (1-based): workers are dealt out in turn.
+pub fn shard_of_worker(id: usize, shards: usize) -> usize {
+    (id - 1) % shards
 }
 
 impl Drop for Shards {

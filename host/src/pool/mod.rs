@@ -55,7 +55,7 @@ use crate::error::ServeError;
 use crate::guest::{self, GuestRequest, Instance, Reply, Setup};
 use crate::outcome::{Outcome, Recycle};
 use crate::request_id::RequestId;
-use crate::shards::Shards;
+use crate::shards::{self, Shards};
 use admission::Admission;
 use body::JobShared;
 use generation::Generation;
@@ -120,6 +120,8 @@ pub struct Pool {
 
 struct Inner {
     setup: Setup,
+    /// The event-loop threads, by shard index: where each thread's spares are built.
+    threads: Vec<tokio::runtime::Handle>,
     /// One per event-loop thread, by shard index (a lane may have no workers).
     lanes: Vec<Lane>,
     generation: watch::Sender<Arc<Generation>>,
@@ -140,14 +142,15 @@ pub struct SwapReport {
 }
 
 impl Pool {
-    /// Creates the pool and all its instances (one per worker), then starts the workers on
-    /// the event-loop threads and the spare spawner on the calling runtime. Fails if the
+    /// Creates the pool and all its instances (one per worker), then starts the workers and
+    /// the spare spawners on the event-loop threads. Fails if the
     /// component cannot be instantiated, before any port is bound.
     pub async fn start(setup: Setup, version: Version, shards: &Shards) -> Result<Pool> {
         let route = setup.route.clone();
         let workers = route.workers;
+        let threads = shards.len();
         let generation = Arc::new(
-            Generation::prepare(version, &setup, workers)
+            Generation::prepare(version, &setup, threads, |w| shards.of_worker(w))
                 .await
                 .with_context(|| {
                     format!("cannot instantiate the component for `{}`", route.prefix)
@@ -170,6 +173,7 @@ impl Pool {
         let inner = Arc::new(Inner {
             per_instance: AtomicUsize::new(per_instance(&route, &generation.version.id)),
             setup,
+            threads: shards.handles().to_vec(),
             lanes,
             generation: watch::Sender::new(generation.clone()),
             swapping: tokio::sync::Mutex::new(()),
@@ -177,14 +181,14 @@ impl Pool {
         });
         for id in 1..=workers {
             let instance = generation
-                .take_spare()
+                .take_spare(shards.of_worker(id))
                 .expect("prepare() made one instance per worker");
             generation.adopt();
             let shard = shards.of_worker(id);
             let worker = Worker::new(id, shard, inner.clone(), instance);
             shards.handles()[shard].spawn(worker.run());
         }
-        tokio::spawn(inner.clone().keep_spares(generation));
+        inner.keep_spares(&generation);
         Ok(Pool { inner })
     }
 
@@ -277,10 +281,13 @@ impl Pool {
         let inner = &self.inner;
         let _one_at_a_time = inner.swapping.lock().await;
         let id = version.id.clone();
+        let threads = inner.threads.len();
         let next = Arc::new(
-            Generation::prepare(version, &inner.setup, inner.setup.route.workers)
-                .await
-                .context("cannot instantiate the new component")?,
+            Generation::prepare(version, &inner.setup, threads, |w| {
+                shards::shard_of_worker(w, threads)
+            })
+            .await
+            .context("cannot instantiate the new component")?,
         );
         (inner.per_instance).store(
             per_instance(&inner.setup.route, &next.version.id),
@@ -288,7 +295,7 @@ impl Pool {
         );
         let old = inner.generation.send_replace(next.clone());
         old.retire();
-        tokio::spawn(inner.clone().keep_spares(next.clone()));
+        inner.keep_spares(&next);
         let wait = inner
             .setup
             .route
@@ -358,16 +365,27 @@ impl Inner {
         Ok(instance)
     }
 
-    /// Keeps `generation`'s spares topped up until it is retired.
-    async fn keep_spares(self: Arc<Self>, generation: Arc<Generation>) {
+    /// Starts a spawner on each event-loop thread with workers of this component, to keep
+    /// that thread's spares of `generation` topped up.
+    fn keep_spares(self: &Arc<Self>, generation: &Arc<Generation>) {
+        for (thread, lane) in self.lanes.iter().enumerate() {
+            if lane.workers > 0 {
+                let spawner = self.clone().spawn_spares(generation.clone(), thread);
+                self.threads[thread].spawn(spawner);
+            }
+        }
+    }
+
+    /// Keeps `thread`'s spares of `generation` topped up until the generation is retired.
+    async fn spawn_spares(self: Arc<Self>, generation: Arc<Generation>, thread: usize) {
         while !generation.is_retired() {
-            if !generation.wants_spares() {
-                generation.spare_taken().await;
+            if !generation.wants_spares(thread) {
+                generation.spare_taken(thread).await;
                 continue;
             }
             match self.instantiate(&generation).await {
                 Ok(instance) => {
-                    if generation.add_spare(instance).await.is_err() {
+                    if generation.add_spare(thread, instance).await.is_err() {
                         return;
                     }
                 }
@@ -696,20 +714,20 @@ impl Worker {
     /// here would hold the worker, and the spawner will have one soon.
     fn recycle_if_spare_ready(&mut self) {
         let generation = self.generation.borrow().clone();
-        match generation.take_spare() {
+        match generation.take_spare(self.shard) {
             Some(fresh) => self.install(fresh, &generation, Recycle::Lifetime),
             None => self.drawn.recycle_at = Some(Instant::now() + policy::RETRY_RECYCLE),
         }
     }
 
     /// Gives the worker a fresh instance of the current generation, then drops the old one
-    /// (make-before-break). With no spare ready it builds one on its own thread rather than
-    /// wait for the spawner on the control thread; if that fails it waits for a spare of the
-    /// current generation, or for a newer generation, never for a retired one.
+    /// (make-before-break). With no spare ready it builds one itself rather than wait for its
+    /// thread's spawner; if that fails it waits for a spare of the current generation, or
+    /// for a newer generation, never for a retired one.
     async fn replace(&mut self, reason: Recycle) {
         loop {
             let generation = self.generation.borrow_and_update().clone();
-            if let Some(fresh) = generation.take_spare() {
+            if let Some(fresh) = generation.take_spare(self.shard) {
                 return self.install(fresh, &generation, reason);
             }
             match self.pool.instantiate(&generation).await {
@@ -722,7 +740,7 @@ impl Worker {
                 ),
             }
             tokio::select! {
-                spare = generation.next_spare() => if let Some(fresh) = spare {
+                spare = generation.next_spare(self.shard) => if let Some(fresh) = spare {
                     return self.install(fresh, &generation, reason);
                 },
                 _ = self.generation.changed() => {}
