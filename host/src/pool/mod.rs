@@ -655,18 +655,18 @@ fn record(pool: &Inner, worker: usize, facts: &Facts, done: &Served) {
     (stats.memory_bytes).store(facts.memory_bytes, Ordering::Relaxed);
     (stats.busy_micros).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     let route = &*pool.setup.route.prefix;
-    let request_id = id.to_string();
+    // The id is formatted only for a failure, not for every request.
     match outcome {
         Outcome::Answered | Outcome::Refused(_) => return,
         Outcome::Trapped { detail, .. } => {
-            tracing::warn!(route, worker, %method, %uri, request_id, reason = %detail, "guest trapped");
+            tracing::warn!(route, worker, %method, %uri, request_id = id.to_string(), reason = %detail, "guest trapped");
         }
         Outcome::TimedOut(limit) => {
             stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(route, worker, %method, %uri, request_id, timeout = ?limit, "guest ran past the request timeout and was interrupted");
+            tracing::warn!(route, worker, %method, %uri, request_id = id.to_string(), timeout = ?limit, "guest ran past the request timeout and was interrupted");
         }
         Outcome::NoResponse => {
-            tracing::warn!(route, worker, %method, %uri, request_id, "guest returned without a response; replacing its instance");
+            tracing::warn!(route, worker, %method, %uri, request_id = id.to_string(), "guest returned without a response; replacing its instance");
         }
     }
     stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -758,16 +758,17 @@ impl Worker {
         self.pool.stats.recycles[reason as usize].fetch_add(1, Ordering::Relaxed);
         let old = std::mem::replace(&mut self.instance, fresh);
         self.drawn = draw(&self.pool.setup.route, &self.instance);
-        tracing::info!(
-            route = %self.pool.setup.route.prefix,
-            worker = self.id,
-            reason = reason.as_str(),
-            served = old.served(),
-            age_ms = old.born().elapsed().as_millis() as u64,
-            memory_bytes = old.memory_bytes(),
-            version = self.instance.version().short(),
-            "recycled instance"
-        );
+        let (route, worker, served) = (&*self.pool.setup.route.prefix, self.id, old.served());
+        let age_ms = old.born().elapsed().as_millis() as u64;
+        let (memory_bytes, version) = (old.memory_bytes(), self.instance.version().short());
+        // A recycle at `max-requests` is routine (with `max-requests = 1`, one per request):
+        // counted, and logged only at debug level.
+        let (routine, reason) = (reason == Recycle::Requests, reason.as_str());
+        if routine {
+            tracing::debug!(route, worker, reason, served, age_ms, memory_bytes, %version, "recycled instance");
+        } else {
+            tracing::info!(route, worker, reason, served, age_ms, memory_bytes, %version, "recycled instance");
+        }
     }
 }
 
