@@ -337,7 +337,11 @@ async fn serve_connection(
         Some(tls) => match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
             Ok(Ok(stream)) => {
                 let scheme = Scheme::Https;
-                serve_stream(stream, peer, &ctx, &builders, scheme, drain, probe).await
+                // Boxed, like hyper's connection below: spawning copies the whole future.
+                Box::pin(serve_stream(
+                    stream, peer, &ctx, &builders, scheme, drain, probe,
+                ))
+                .await
             }
             Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
             Err(_) => Err("no TLS handshake within the header-read timeout".into()),
@@ -374,7 +378,11 @@ where
         inner: stream,
     });
     let builder = if is_h2 { &builders.h2 } else { &builders.h1 };
-    let mut connection = std::pin::pin!(builder.serve_connection(io, service));
+    // On the heap, not in the connection task's future: spawning a task copies its future,
+    // and hyper's connection made it 7,280 bytes (2,896 with it and the TLS path boxed). Under
+    // `ab` (a task per request) those copies were 7.7% of the CPU profile (`memmove`), 5.4%
+    // after; `ab -c500 -n40000` A/B: 5 of 7 pairs in favour, medians +5% in the last 4.
+    let mut connection = Box::pin(builder.serve_connection(io, service));
     let limits = &ctx.limits;
     let mut closing_since: Option<Instant> = None;
     let mut drain_seen = false;
