@@ -331,6 +331,18 @@ def report(run_dir, out):
                 f"{fmt(median(per_instance), 1)} µs (median over rounds; "
                 f"{fmt(median([c for c, _ in counted]))} instances per run)."
             )
+    try:
+        with open(f"{run_dir}/guest_call.txt") as f:
+            alone = re.search(r"instantiation: ([\d.]+) us .*? ([\d.]+) us the store", f.read())
+    except FileNotFoundError:
+        alone = None
+    if alone:
+        derived.append(
+            f"- Alone, on one idle thread (`host/examples/guest_call.rs`): "
+            f"{float(alone.group(1)):.2f} µs per instantiation and drop of the Rust guest, of "
+            f"which {float(alone.group(2)):.2f} µs is fibhost's own (the store and its data); "
+            "the rest is wasmtime instantiating the component and releasing its slot."
+        )
     if derived:
         lines += ["## Derived: instantiation cost", ""] + derived + [""]
 

@@ -14,9 +14,14 @@
 //! the request from a channel and answers through the request's reply channel, while the
 //! caller waits on the answer (the pool's hand-off, on one thread). The difference is what
 //! running the guest inline in the connection task could save per request at most.
+//!
+//! Last, it times an instantiation (`Instance::new`, then the instance dropped, as a recycle
+//! does) and the part of it that is fibhost's own: the store and its data, without wasmtime
+//! instantiating the component.
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
@@ -26,6 +31,7 @@ use fibhost::guest::{GuestRequest, Instance, LiveInstances, Reply, Setup, reply}
 use fibhost::outbound::Outbound;
 use fibhost::outcome::Outcome;
 use fibhost::request_id::{RequestId, RequestIds};
+use fibhost::state::{GuestState, OutputTag};
 use http_body_util::{BodyExt, Empty};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
@@ -62,9 +68,9 @@ async fn measure(component: PathBuf) -> Result<()> {
         .load(&component)
         .with_context(|| format!("cannot load {}", component.display()))?;
     let setup = Setup {
-        route: std::sync::Arc::new(spec.clone()),
+        route: Arc::new(spec.clone()),
         live: LiveInstances::default(),
-        outbound: std::sync::Arc::new(Outbound::new("/", &spec.outbound, Default::default())),
+        outbound: Arc::new(Outbound::new("/", &spec.outbound, Default::default())),
     };
     let mut instance = Instance::new(&version, &setup).await?;
     let ids = RequestIds::default();
@@ -81,13 +87,50 @@ async fn measure(component: PathBuf) -> Result<()> {
         std::io::stdout(),
         "guest call: {best:.2} us per GET /9000 (serve + body), fastest of {ROUNDS} rounds of {CALLS}"
     )?;
-    let handed = through_a_worker(instance, spec, ids).await?;
+    let handed = through_a_worker(instance, spec.clone(), ids).await?;
     writeln!(
         std::io::stdout(),
         "through a worker task: {handed:.2} us per GET /9000 (hand-off {:+.2} us), fastest of {ROUNDS} rounds of {CALLS}",
         handed - best
     )?;
+    let (instantiate, own) = (
+        fastest(async || Instance::new(&version, &setup).await.map(drop)).await?,
+        fastest(async || {
+            let tag = OutputTag::new(Arc::from(spec.prefix.as_str()));
+            let limit = spec.lifecycle.memory_limit_bytes;
+            let state = GuestState::new(
+                &spec.env,
+                &tag,
+                limit,
+                Arc::default(),
+                setup.outbound.clone(),
+            );
+            drop(wasmtime::Store::new(version.pre.engine(), state));
+            Ok(())
+        })
+        .await?,
+    );
+    writeln!(
+        std::io::stdout(),
+        "instantiation: {instantiate:.2} us per Instance::new and drop, of which {own:.2} us the store and its data, fastest of {ROUNDS} rounds of {INSTANCES}"
+    )?;
     Ok(())
+}
+
+/// Instances per round of the instantiation timing.
+const INSTANCES: u32 = 20_000;
+
+/// The fastest round's time per run of `f`, in µs.
+async fn fastest(mut f: impl AsyncFnMut() -> Result<()>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        for _ in 0..INSTANCES {
+            f().await?;
+        }
+        best = best.min(started.elapsed().as_secs_f64() * 1e6 / f64::from(INSTANCES));
+    }
+    Ok(best)
 }
 
 /// The same calls made by a worker task fed through a channel, as the pool feeds its workers.
