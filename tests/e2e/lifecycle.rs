@@ -18,19 +18,8 @@ async fn count(http: &Http, server: &Server) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_are_reused_until_max_requests() {
-    // Routine recycles at `max-requests` are logged at debug level only.
-    let mut command = std::process::Command::new(crate::fibhost());
-    command.env("RUST_LOG", "info,fibhost::pool=debug");
-    command.args([
-        "--component",
-        guests::TESTBED,
-        "--workers",
-        "1",
-        "--max-requests",
-        "3",
-    ]);
-    command.args(["--listen", "127.0.0.1:0"]);
-    let server = fibhost_e2e::Server::spawn(command).expect("fibhost starts");
+    let server =
+        crate::start_with_recycle_log(guests::TESTBED, &["--workers", "1", "--max-requests", "3"]);
     let http = Http::new();
     let mut counts = Vec::new();
     for _ in 0..7 {

@@ -31,6 +31,16 @@ fn start(component: &str, args: &[&str]) -> fibhost_e2e::Server {
     fibhost_e2e::Server::start(fibhost(), &all)
 }
 
+/// Like [`start`], with the pool's debug lines in the log: routine recycles at
+/// `max-requests` (reason `requests`) are logged only at debug level.
+fn start_with_recycle_log(component: &str, args: &[&str]) -> fibhost_e2e::Server {
+    let mut command = std::process::Command::new(fibhost());
+    command.env("RUST_LOG", "info,fibhost::pool=debug");
+    command.args(["--component", component, "--listen", "127.0.0.1:0"]);
+    command.args(args);
+    fibhost_e2e::Server::spawn(command).expect("fibhost starts")
+}
+
 /// `http://ADMIN` + `path` for a server started with `--admin-listen`.
 fn admin_url(server: &fibhost_e2e::Server, path: &str) -> String {
     format!(

@@ -87,7 +87,17 @@ async fn instance_concurrency_one_serves_one_request_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_requests_counts_requests_on_a_concurrent_instance() {
-    let server = testbed("4", &["--max-requests", "3"]);
+    let server = crate::start_with_recycle_log(
+        guests::P3_TESTBED,
+        &[
+            "--workers",
+            "1",
+            "--instance-concurrency",
+            "4",
+            "--max-requests",
+            "3",
+        ],
+    );
     let http = Http::new();
     let mut counts = Vec::new();
     for _ in 0..7 {
@@ -253,7 +263,7 @@ fn the_compile_cache_covers_p3_components() {
 async fn a_concurrent_instance_under_steady_load_is_recycled_before_wasmtime_runs_out_of_handles() {
     // Without a bound, wasmtime 48 keeps ~2 handles per request served alongside others and
     // the instance traps at the store's cap (100,000) after ~50,000 requests.
-    let server = start(
+    let server = crate::start_with_recycle_log(
         guests::P3_FIB,
         &[
             "--workers",
