@@ -331,11 +331,7 @@ def report(run_dir, out):
                 f"{fmt(median(per_instance), 1)} µs (median over rounds; "
                 f"{fmt(median([c for c, _ in counted]))} instances per run)."
             )
-    try:
-        with open(f"{run_dir}/guest_call.txt") as f:
-            alone = re.search(r"instantiation: ([\d.]+) us .*? ([\d.]+) us the store", f.read())
-    except FileNotFoundError:
-        alone = None
+    alone = re.search(r"instantiation: ([\d.]+) us .*? ([\d.]+) us the store", guest_call_output(run_dir))
     if alone:
         derived.append(
             f"- Alone, on one idle thread (`host/examples/guest_call.rs`): "
@@ -427,6 +423,15 @@ def languages_section(run_dir, loads, systems, cell):
     ]
 
 
+def guest_call_output(run_dir):
+    """What host/examples/guest_call.rs printed before round 1 ("" if it did not run)."""
+    try:
+        with open(f"{run_dir}/guest_call.txt") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def bound_section(run_dir, meta, loads, cell):
     """How close to native a host can come that adds only the guest call to native's work.
 
@@ -435,11 +440,7 @@ def bound_section(run_dir, meta, loads, cell):
     runs the guest too; if that were all it added, it would serve `T / (T + call)` of
     native's rate, where `T = cpus / native rps` and `call` is the guest call measured alone.
     """
-    try:
-        with open(f"{run_dir}/guest_call.txt") as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = ""
+    text = guest_call_output(run_dir)
     found = re.search(r"guest call: ([\d.]+) us", text)
     if not found:
         return []

@@ -73,6 +73,8 @@ impl Shards {
                         let _ = stop_rx.await;
                     });
                     drop(runtime);
+                    // Here, not in the thread-local's destructor: those run after `_ended`
+                    // is dropped, when `Shards::drop` may already have returned.
                     crate::logging::flush_pending();
                 })
                 .context("cannot start an event-loop thread")?;

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::engine::Version;
 use crate::guest::{Instance, Setup};
+use crate::shards;
 
 /// Ready spares kept per event-loop thread (with workers of the component) in steady state:
 /// enough for recycles to be instant, few enough that idle spares cost little memory.
@@ -46,15 +47,10 @@ struct Supply {
 
 impl Generation {
     /// A generation of `version` holding one ready instance per worker, each in the supply of
-    /// its worker's thread (`thread_of_worker`, the workers numbered from 1 as in the pool),
-    /// with room for [`STEADY_SPARES`] more per thread.
-    pub async fn prepare(
-        version: Version,
-        setup: &Setup,
-        threads: usize,
-        thread_of_worker: impl Fn(usize) -> usize,
-    ) -> Result<Generation> {
+    /// its worker's thread (of `threads`), with room for [`STEADY_SPARES`] more per thread.
+    pub async fn prepare(version: Version, setup: &Setup, threads: usize) -> Result<Generation> {
         let workers = setup.route.workers;
+        let thread_of_worker = |worker| shards::shard_of_worker(worker, threads);
         let supplies: Vec<Supply> = (0..threads)
             .map(|thread| {
                 let own = (1..=workers).filter(|&w| thread_of_worker(w) == thread);

@@ -55,7 +55,7 @@ use crate::error::ServeError;
 use crate::guest::{self, GuestRequest, Instance, Reply, Setup};
 use crate::outcome::{Outcome, Recycle};
 use crate::request_id::RequestId;
-use crate::shards::{self, Shards};
+use crate::shards::Shards;
 use admission::Admission;
 use body::JobShared;
 use generation::Generation;
@@ -148,9 +148,8 @@ impl Pool {
     pub async fn start(setup: Setup, version: Version, shards: &Shards) -> Result<Pool> {
         let route = setup.route.clone();
         let workers = route.workers;
-        let threads = shards.len();
         let generation = Arc::new(
-            Generation::prepare(version, &setup, threads, |w| shards.of_worker(w))
+            Generation::prepare(version, &setup, shards.len())
                 .await
                 .with_context(|| {
                     format!("cannot instantiate the component for `{}`", route.prefix)
@@ -180,11 +179,11 @@ impl Pool {
             stats: Arc::new(PoolStats::new(workers)),
         });
         for id in 1..=workers {
+            let shard = shards.of_worker(id);
             let instance = generation
-                .take_spare(shards.of_worker(id))
+                .take_spare(shard)
                 .expect("prepare() made one instance per worker");
             generation.adopt();
-            let shard = shards.of_worker(id);
             let worker = Worker::new(id, shard, inner.clone(), instance);
             shards.handles()[shard].spawn(worker.run());
         }
@@ -281,13 +280,10 @@ impl Pool {
         let inner = &self.inner;
         let _one_at_a_time = inner.swapping.lock().await;
         let id = version.id.clone();
-        let threads = inner.threads.len();
         let next = Arc::new(
-            Generation::prepare(version, &inner.setup, threads, |w| {
-                shards::shard_of_worker(w, threads)
-            })
-            .await
-            .context("cannot instantiate the new component")?,
+            Generation::prepare(version, &inner.setup, inner.threads.len())
+                .await
+                .context("cannot instantiate the new component")?,
         );
         (inner.per_instance).store(
             per_instance(&inner.setup.route, &next.version.id),
