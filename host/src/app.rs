@@ -65,7 +65,7 @@ impl App {
             .map(Arc::new);
         let shards = Shards::start(config.threads)?;
         let live = LiveInstances::default();
-        let mut metrics = Metrics::new();
+        let mut metrics = Metrics::with_threads(shards.len());
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let route = Arc::new(route.clone());

@@ -1,7 +1,8 @@
 //! Prometheus metrics (`GET /metrics` on the admin listener).
 //!
 //! Two kinds: request metrics updated on the request path through per-route handles resolved
-//! once at startup (no label lookup, no lock per request), and pool metrics (workers, queue,
+//! once at startup (no label lookup, no lock, nothing another thread writes: see
+//! [`RouteMetrics`]), and pool metrics (workers, queue,
 //! recycles, instance age and memory, swaps) read from the pools' live counters at scrape time
 //! by a [`Collector`], so the request path never pays for them.
 //!
@@ -11,19 +12,18 @@
 //! counter family is named with its `_total` suffix and nothing ends the body.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
 };
-use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::guest::LiveInstances;
@@ -31,6 +31,7 @@ use crate::logging::DroppedLinesHandle;
 use crate::outbound::OutboundMetrics;
 use crate::outcome::Recycle;
 use crate::pool::{Pool, unix_now};
+use crate::shards::Shards;
 
 /// Latency buckets, seconds: 50 µs to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -120,48 +121,201 @@ impl Format {
     }
 }
 
-/// The registry and the request-path metric families.
+/// The registry, the routes' request metrics and the swap counters.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<Labels, Counter>,
-    durations: Family<Labels, Histogram>,
-    in_flight: Family<Labels, Gauge>,
+    /// Every route's request metrics, in the order they were created (the scrape's order).
+    routes: Arc<Mutex<Vec<RouteMetrics>>>,
+    /// Cells per route: one per event-loop thread, one for every other thread.
+    cells: usize,
     swaps: Family<Labels, Counter>,
     outbound: OutboundMetrics,
 }
 
-/// One route's request-path handles, resolved once; a clone is one reference count.
+/// One route's request metrics: response counts by status class, the duration histogram and
+/// the requests in flight.
+///
+/// Each event-loop thread updates a cell of its own (cache-line aligned) and a scrape sums
+/// them: one counter, one histogram lock and one gauge that every thread shared cost several
+/// cache-line transfers between the cores on every request. A clone is one reference count;
+/// the request path borrows the route's handle instead of cloning it.
 #[derive(Clone)]
-pub struct RouteMetrics(Arc<RouteHandles>);
+pub struct RouteMetrics(Arc<RouteCells>);
 
-struct RouteHandles {
-    by_class: [Counter; 5],
-    duration: Histogram,
-    in_flight: Gauge,
+struct RouteCells {
+    route: LabelValue,
+    cells: Box<[Cell]>,
+}
+
+/// What one thread has recorded for a route.
+#[derive(Default)]
+#[repr(align(128))]
+struct Cell {
+    by_class: [AtomicU64; 5],
+    /// Responses per duration bucket, not cumulative; the last bucket is `+Inf`.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    /// The sum of the durations, in nanoseconds.
+    nanos: AtomicU64,
+    /// Requests started minus requests ended on this thread (summed, the gauge).
+    in_flight: AtomicI64,
 }
 
 impl RouteMetrics {
-    /// Counts a response by status class and records its duration.
-    pub fn observe(&self, status: u16, started: Instant) {
-        let class = usize::from((status / 100).clamp(1, 5)) - 1;
-        self.0.by_class[class].inc();
-        self.0.duration.observe(started.elapsed().as_secs_f64());
+    fn new(route: &str, cells: usize) -> RouteMetrics {
+        RouteMetrics(Arc::new(RouteCells {
+            route: route.into(),
+            cells: (0..cells.max(1)).map(|_| Cell::default()).collect(),
+        }))
     }
 
-    /// Marks a request in flight until the returned guard is dropped.
-    pub fn in_flight(&self) -> InFlight {
-        self.0.in_flight.inc();
-        InFlight(self.0.in_flight.clone())
+    /// The calling thread's cell: event-loop thread `i` has cell `i + 1`, any other thread
+    /// (and a thread of another server in the same process, in tests) shares cell 0.
+    fn cell(&self) -> &Cell {
+        let cells = &self.0.cells;
+        let index = Shards::current().map_or(0, |i| i + 1);
+        cells.get(index).unwrap_or(&cells[0])
+    }
+
+    /// Counts a response by status class and records its duration (from the request's head
+    /// to the end of its response).
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        let cell = self.cell();
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        cell.by_class[class].fetch_add(1, Ordering::Relaxed);
+        cell.buckets[bucket_of(elapsed.as_secs_f64())].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        cell.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Counts a request in flight until [`RouteMetrics::end`] is called for it.
+    pub fn start(&self) {
+        self.cell().in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ends a request counted by [`RouteMetrics::start`] (on any thread: the cells are
+    /// summed).
+    pub fn end(&self) {
+        self.cell().in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The route's totals over every thread's cell.
+    fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for cell in &self.0.cells {
+            for (sum, count) in totals.by_class.iter_mut().zip(&cell.by_class) {
+                *sum += count.load(Ordering::Relaxed);
+            }
+            for (sum, count) in totals.buckets.iter_mut().zip(&cell.buckets) {
+                *sum += count.load(Ordering::Relaxed);
+            }
+            totals.nanos = totals
+                .nanos
+                .wrapping_add(cell.nanos.load(Ordering::Relaxed));
+            totals.in_flight += cell.in_flight.load(Ordering::Relaxed);
+        }
+        totals
     }
 }
 
-/// Decrements the in-flight gauge when the response is done.
-pub struct InFlight(Gauge);
+/// The bucket a duration of `secs` falls in: the first whose upper bound is at least `secs`
+/// (Prometheus's `le`), or `+Inf`.
+fn bucket_of(secs: f64) -> usize {
+    DURATION_BUCKETS.partition_point(|&bound| bound < secs)
+}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
+/// A route's request metrics summed over the threads, at scrape time.
+#[derive(Default)]
+struct Totals {
+    by_class: [u64; 5],
+    buckets: [u64; DURATION_BUCKETS.len() + 1],
+    nanos: u64,
+    in_flight: i64,
+}
+
+/// A duration histogram as read at scrape time.
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    /// `(upper bound, count)` per bucket, not cumulative; `f64::MAX` is `+Inf`.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl TypedMetric for ConstHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
     }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Writes the routes' request metrics on each scrape.
+struct RouteCollector {
+    routes: Arc<Mutex<Vec<RouteMetrics>>>,
+}
+
+impl std::fmt::Debug for RouteCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for RouteCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let routes: Vec<(LabelValue, Totals)> = lock(&self.routes)
+            .iter()
+            .map(|r| (r.0.route.clone(), r.totals()))
+            .collect();
+        let route = |value: &LabelValue| ("route", value.clone());
+        let e = &mut encoder;
+        counter(
+            e,
+            "fibhost_requests",
+            "HTTP responses by route and status class",
+            routes.iter().flat_map(|(r, totals)| {
+                CLASSES
+                    .iter()
+                    .zip(totals.by_class)
+                    .map(move |(class, n)| (vec![route(r), ("class", (*class).into())], n))
+            }),
+        )?;
+        metric(
+            e,
+            "fibhost_request_duration_seconds",
+            "Time from request head to the end of the response body",
+            routes.iter().map(|(r, totals)| {
+                let bounds = DURATION_BUCKETS.iter().copied().chain([f64::MAX]);
+                let histogram = ConstHistogram {
+                    sum: totals.nanos as f64 / 1e9,
+                    count: totals.buckets.iter().sum(),
+                    buckets: bounds.zip(totals.buckets).collect(),
+                };
+                (vec![route(r)], histogram)
+            }),
+        )?;
+        gauge(
+            e,
+            "fibhost_requests_in_flight",
+            "Requests being served (queued or running)",
+            routes
+                .iter()
+                .map(|(r, totals)| (vec![route(r)], totals.in_flight)),
+        )
+    }
+}
+
+/// The status classes, in the order of [`Cell::by_class`].
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Default for Metrics {
@@ -171,29 +325,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates the registry with the request-path families.
+    /// Creates the registry for a server with one event-loop thread.
     pub fn new() -> Metrics {
+        Metrics::with_threads(1)
+    }
+
+    /// Creates the registry for a server with `threads` event-loop threads (each updates
+    /// request metrics of its own).
+    pub fn with_threads(threads: usize) -> Metrics {
         let mut registry = Registry::default();
-        let requests = Family::<Labels, Counter>::default();
-        let durations = Family::<Labels, Histogram>::new_with_constructor(|| {
-            Histogram::new(DURATION_BUCKETS.iter().copied())
-        });
-        let in_flight = Family::<Labels, Gauge>::default();
-        registry.register(
-            "fibhost_requests",
-            "HTTP responses by route and status class",
-            requests.clone(),
-        );
-        registry.register(
-            "fibhost_request_duration_seconds",
-            "Time from request head to the end of the response body",
-            durations.clone(),
-        );
-        registry.register(
-            "fibhost_requests_in_flight",
-            "Requests being served (queued or running)",
-            in_flight.clone(),
-        );
+        let routes = Arc::new(Mutex::new(Vec::new()));
+        registry.register_collector(Box::new(RouteCollector {
+            routes: routes.clone(),
+        }));
         let swaps = Family::<Labels, Counter>::default();
         registry.register(
             "fibhost_component_swaps",
@@ -213,9 +357,8 @@ impl Metrics {
         );
         Metrics {
             registry,
-            requests,
-            durations,
-            in_flight,
+            routes,
+            cells: threads + 1,
             swaps,
             outbound,
         }
@@ -233,22 +376,16 @@ impl Metrics {
             .inc();
     }
 
-    /// The request-path handles for `route` (use `""` for requests that matched no route).
+    /// The request metrics of `route` (use `""` for requests that matched no route): the
+    /// same handle each time a route is asked for.
     pub fn route(&self, route: &str) -> RouteMetrics {
-        let labels = |extra: Option<(&'static str, &str)>| {
-            let mut l: Labels = vec![("route", route.into())];
-            l.extend(extra.map(|(k, v)| (k, v.into())));
-            l
-        };
-        RouteMetrics(Arc::new(RouteHandles {
-            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-                self.requests
-                    .get_or_create(&labels(Some(("class", class))))
-                    .clone()
-            }),
-            duration: self.durations.get_or_create(&labels(None)).clone(),
-            in_flight: self.in_flight.get_or_create(&labels(None)).clone(),
-        }))
+        let mut routes = lock(&self.routes);
+        if let Some(existing) = routes.iter().find(|r| r.0.route.0 == route) {
+            return existing.clone();
+        }
+        let metrics = RouteMetrics::new(route, self.cells);
+        routes.push(metrics.clone());
+        metrics
     }
 
     /// Adds the scrape-time collectors: the pools' live counters, the process's gauges (live
@@ -601,7 +738,7 @@ mod tests {
     fn both_formats_of_the_registry_parse_and_escape_label_values() {
         let metrics = Metrics::new();
         let route = metrics.route("/a\"b\\c\nd");
-        route.observe(200, Instant::now());
+        route.observe(200, Duration::from_micros(70));
         metrics.count_swap("/", "ok");
 
         let open = metrics.encode(Format::OpenMetrics);
@@ -645,5 +782,56 @@ mod tests {
             sample("fibhost_request_duration_seconds").value,
             prometheus_parse::Value::Histogram(_)
         ));
+    }
+
+    #[test]
+    fn a_routes_metrics_are_the_sum_of_its_threads_cells() {
+        let metrics = Metrics::with_threads(2);
+        let route = metrics.route("/");
+        assert!(
+            Arc::ptr_eq(&route.0, &metrics.route("/").0),
+            "one handle per route"
+        );
+        assert_eq!(
+            route.0.cells.len(),
+            3,
+            "one cell per thread and one for the others"
+        );
+
+        // This test's thread is no event-loop thread: cell 0. Event-loop thread 1 is cell 2.
+        route.observe(200, Duration::from_micros(50));
+        route.observe(503, Duration::from_secs(20));
+        route.start();
+        let other = &route.0.cells[2];
+        other.by_class[1].fetch_add(2, Ordering::Relaxed);
+        other.buckets[1].fetch_add(2, Ordering::Relaxed);
+        other.nanos.fetch_add(150_000, Ordering::Relaxed);
+        other.in_flight.fetch_add(2, Ordering::Relaxed);
+        route.end(); // a request that started on thread 1 and ended here
+
+        let text = metrics.encode(Format::Text);
+        for line in [
+            "fibhost_requests_total{route=\"/\",class=\"2xx\"} 3\n",
+            "fibhost_requests_total{route=\"/\",class=\"5xx\"} 1\n",
+            "fibhost_request_duration_seconds_count{route=\"/\"} 4\n",
+            "fibhost_request_duration_seconds_sum{route=\"/\"} 20.0002\n",
+            // 50 µs is in the first bucket (le is inclusive), 20 s only in +Inf.
+            "fibhost_request_duration_seconds_bucket{le=\"0.00005\",route=\"/\"} 1\n",
+            "fibhost_request_duration_seconds_bucket{le=\"0.0001\",route=\"/\"} 3\n",
+            "fibhost_request_duration_seconds_bucket{le=\"10.0\",route=\"/\"} 3\n",
+            "fibhost_request_duration_seconds_bucket{le=\"+Inf\",route=\"/\"} 4\n",
+            "fibhost_requests_in_flight{route=\"/\"} 2\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn durations_fall_in_the_first_bucket_that_holds_them() {
+        assert_eq!(bucket_of(0.0), 0);
+        assert_eq!(bucket_of(0.000_05), 0);
+        assert_eq!(bucket_of(0.000_051), 1);
+        assert_eq!(bucket_of(10.0), DURATION_BUCKETS.len() - 1);
+        assert_eq!(bucket_of(10.5), DURATION_BUCKETS.len());
     }
 }

@@ -2,7 +2,8 @@
 //! every warning about that request, so that a person reading the log can join them.
 //!
 //! A valid incoming `X-Request-Id` (set by a proxy in front) is honoured; otherwise fibhost
-//! makes one from a per-process random prefix and a counter (no allocation per request).
+//! makes one from a per-process random prefix and a counter (no allocation per request; each
+//! event-loop thread has a prefix and counter of its own).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,9 +21,10 @@ const MAX_LEN: usize = 128;
 pub enum RequestId {
     /// Made by fibhost: process prefix and sequence number.
     Generated {
-        /// Random per process, so ids from two processes or restarts do not collide.
+        /// Random per process (one per event-loop thread, derived from the process's), so
+        /// ids from two processes or restarts do not collide.
         prefix: u32,
-        /// The request's number in this process.
+        /// The request's number under this prefix.
         seq: u64,
     },
     /// Sent by the client or a proxy (validated: visible ASCII, no spaces or quotes).
@@ -56,6 +58,16 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
+    /// The ids of event-loop thread `thread`: a counter of its own (one every thread shared
+    /// moved between the cores with every request) under a prefix of its own, derived from
+    /// this one, so that no two threads, nor this one, hand out the same id.
+    pub fn for_thread(&self, thread: usize) -> RequestIds {
+        RequestIds {
+            prefix: self.prefix.wrapping_add(thread as u32 + 1),
+            next: AtomicU64::new(1),
+        }
+    }
+
     /// The id for a request that arrived with `given` (its `X-Request-Id`, if any).
     pub fn assign(&self, given: Option<&HeaderValue>) -> RequestId {
         match given.filter(|v| acceptable(v.as_bytes())) {
@@ -95,5 +107,12 @@ mod tests {
         }
         let (a, b) = (ids.assign(None).to_string(), ids.assign(None).to_string());
         assert_ne!(a, b, "generated ids are unique");
+        let (one, two) = (ids.for_thread(0), ids.for_thread(1));
+        let firsts = [&ids, &one, &two].map(|ids| ids.assign(None).to_string());
+        assert_ne!(firsts[1], firsts[2], "threads number their requests apart");
+        assert!(
+            !firsts[1..].contains(&firsts[0]),
+            "and apart from the shared ids"
+        );
     }
 }

@@ -74,9 +74,19 @@ impl Router {
     /// The route whose prefix is the longest match for `path`: a prefix matches the path
     /// itself and anything below it (`/api` matches `/api` and `/api/x`, not `/apix`).
     pub fn route(&self, path: &str) -> Option<&Route> {
+        self.position(path).map(|index| &self.routes[index])
+    }
+
+    /// The index in [`Router::routes`] of the route for `path` (see [`Router::route`]).
+    pub fn position(&self, path: &str) -> Option<usize> {
         self.routes
             .iter()
-            .find(|r| prefix_matches(r.prefix(), path))
+            .position(|r| prefix_matches(r.prefix(), path))
+    }
+
+    /// The request metrics of the route at `index`, or of unrouted requests for `None`.
+    pub fn metrics(&self, index: Option<usize>) -> &RouteMetrics {
+        index.map_or(&self.unrouted, |index| &self.routes[index].metrics)
     }
 
     /// The route mounted exactly at `prefix`.

@@ -31,7 +31,7 @@ use wasmtime_wasi_http::p2::body::HyperIncomingBody;
 use crate::config::HttpLimits;
 use crate::error::{BodyError, ServeError};
 use crate::logging::{AccessEntry, AccessLog};
-use crate::metrics::{InFlight, RouteMetrics};
+use crate::metrics::RouteMetrics;
 use crate::pool::{Completion, PoolBody};
 use crate::request_id::{self, RequestId, RequestIds};
 use crate::routes::Router;
@@ -111,6 +111,23 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// A copy of the context for event-loop thread `thread`, with request ids of its own.
+    ///
+    /// Each request takes a reference to the context and numbers itself: on one context
+    /// shared by every thread, its reference count and the id counter were cache lines the
+    /// cores passed back and forth on every request.
+    fn for_thread(&self, thread: usize) -> Ctx {
+        Ctx {
+            router: self.router.clone(),
+            limits: self.limits.clone(),
+            access_log: self.access_log.clone(),
+            draining: self.draining.clone(),
+            ids: self.ids.for_thread(thread),
+            tls: self.tls.clone(),
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
     /// The limits on clients (the uwsgi listener applies them too).
     pub(crate) fn limits(&self) -> &HttpLimits {
         &self.limits
@@ -179,11 +196,12 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let (stop, stopped) = watch::channel(false);
     let mut threads = JoinSet::new();
-    for handle in shards.handles() {
+    for (index, handle) in shards.handles().iter().enumerate() {
         let socket = listener
             .try_clone()
             .context("cannot share the listening socket with an event-loop thread")?;
-        let thread = accept_loop(socket, ctx.clone(), connections.clone(), stopped.clone());
+        let own = Arc::new(ctx.for_thread(index));
+        let thread = accept_loop(socket, own, connections.clone(), stopped.clone());
         threads.spawn_on(thread, handle);
     }
     drop(listener);
@@ -643,10 +661,10 @@ where
         peer,
         id: id.clone(),
     });
-    let route = ctx.router.route(request.uri().path());
-    let metrics = route.map_or(ctx.router.unrouted(), |r| &r.metrics).clone();
-    let in_flight = metrics.in_flight();
-    let inner = match dispatch(&ctx, route, request, scheme, id).await {
+    let counted = Counted::start(ctx, request.uri().path(), started);
+    let ctx = &counted.ctx;
+    let route = counted.route.map(|index| &ctx.router.routes()[index]);
+    let inner = match dispatch(ctx, route, request, scheme, id).await {
         Ok(response) => response.map(Inner::Guest),
         Err(error) => error.to_response().map(|body| {
             let bytes = body.size_hint().exact().unwrap_or(0);
@@ -679,14 +697,9 @@ where
         peeked,
         complete,
         status: parts.status.as_u16(),
-        started,
-        // This request's own handle on the context, moved: a clone of the access log per
-        // request cost three atomic increments (and decrements) on counters every event-loop
-        // thread shares.
-        record: record.map(|record| (ctx, record)),
-        metrics,
+        record,
         progress,
-        _in_flight: in_flight,
+        counted,
     };
     Response::from_parts(parts, body)
 }
@@ -1081,13 +1094,47 @@ pub struct ServerBody {
     /// The inner body has ended already: after `peeked`, nothing more.
     complete: bool,
     status: u16,
-    started: Instant,
-    /// The request's context (whose access log writes the line) and what the line says;
-    /// `None` with `disable-logging`.
-    record: Option<(Arc<Ctx>, AccessRecord)>,
-    metrics: RouteMetrics,
+    /// What the access-log line says; `None` with `disable-logging`.
+    record: Option<AccessRecord>,
     progress: Progress,
-    _in_flight: InFlight,
+    /// The request in its route's metrics (and its handle on the context, whose access log
+    /// writes the line).
+    counted: Counted,
+}
+
+/// A request counted in its route's in-flight gauge from its start: dropping it (with its
+/// response, or with the request's task when the client went away first) ends the count.
+///
+/// It holds the request's own handle on the context (moved, not cloned: with one context
+/// per event-loop thread its reference count is that thread's alone) and the route's index,
+/// not a clone of the route's metrics handle, whose reference count every thread would share.
+struct Counted {
+    ctx: Arc<Ctx>,
+    /// The route's index in the router; `None` for a request that matched no route.
+    route: Option<usize>,
+    started: Instant,
+}
+
+impl Counted {
+    fn start(ctx: Arc<Ctx>, path: &str, started: Instant) -> Counted {
+        let route = ctx.router.position(path);
+        ctx.router.metrics(route).start();
+        Counted {
+            ctx,
+            route,
+            started,
+        }
+    }
+
+    fn metrics(&self) -> &RouteMetrics {
+        self.ctx.router.metrics(self.route)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.metrics().end();
+    }
 }
 
 impl Body for ServerBody {
@@ -1131,16 +1178,18 @@ impl Body for ServerBody {
 
 impl Drop for ServerBody {
     fn drop(&mut self) {
-        self.metrics.observe(self.status, self.started);
-        if let Some((ctx, record)) = &self.record
-            && let Some(log) = &ctx.access_log
+        let counted = &self.counted;
+        let elapsed = counted.started.elapsed();
+        counted.metrics().observe(self.status, elapsed);
+        if let Some(record) = &self.record
+            && let Some(log) = &counted.ctx.access_log
         {
             log.write(&AccessEntry {
                 method: record.method.as_str(),
                 path: record.uri.path_and_query().map_or("/", |p| p.as_str()),
                 status: self.status,
                 bytes: self.inner.bytes(),
-                duration_us: self.started.elapsed().as_micros() as u64,
+                duration_us: elapsed.as_micros() as u64,
                 worker: self.inner.worker(),
                 request_id: &record.id,
                 client: record.peer,
