@@ -11,7 +11,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::admission::Admission;
-use super::stats::PoolStats;
+use super::stats::LaneStats;
 use crate::error::BodyError;
 use crate::guest::GuestBody;
 
@@ -31,12 +31,12 @@ pub(super) struct JobShared {
 pub struct PoolBody {
     inner: GuestBody,
     job: Arc<JobShared>,
-    stats: Arc<PoolStats>,
+    stats: Arc<LaneStats>,
     bytes: u64,
 }
 
 impl PoolBody {
-    pub(super) fn new(inner: GuestBody, job: Arc<JobShared>, stats: Arc<PoolStats>) -> Self {
+    pub(super) fn new(inner: GuestBody, job: Arc<JobShared>, stats: Arc<LaneStats>) -> Self {
         PoolBody {
             inner,
             job,
@@ -109,7 +109,7 @@ impl Body for PoolBody {
 
 impl Drop for PoolBody {
     fn drop(&mut self) {
-        if let Some(worker) = self.stats.worker(self.worker()) {
+        if let Some(worker) = self.stats.0.worker(self.worker()) {
             worker.tx_bytes.fetch_add(self.bytes, Ordering::Relaxed);
         }
         self.job.admission.release();

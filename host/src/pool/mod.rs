@@ -47,6 +47,7 @@ use tokio::sync::watch;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 pub use body::{Completion, PoolBody};
+use stats::LaneStats;
 pub use stats::{PoolStats, WorkerStats, unix_now};
 
 use crate::config::{Lifecycle, RouteConfig};
@@ -94,6 +95,9 @@ struct Lane {
     workers: usize,
     /// Admitted jobs of this lane not yet released (see [`admission`]).
     held: Arc<AtomicUsize>,
+    /// The pool's counters, for the response bodies of this lane's requests (see
+    /// [`LaneStats`]).
+    stats: Arc<LaneStats>,
 }
 
 impl Lane {
@@ -155,6 +159,7 @@ impl Pool {
                     format!("cannot instantiate the component for `{}`", route.prefix)
                 })?,
         );
+        let stats = Arc::new(PoolStats::new(workers));
         let lanes = (0..shards.len())
             .map(|shard| {
                 // Unbounded: admission bounds what waits, over all lanes.
@@ -166,6 +171,7 @@ impl Pool {
                         .filter(|&id| shards.of_worker(id) == shard)
                         .count(),
                     held: Arc::new(AtomicUsize::new(0)),
+                    stats: Arc::new(LaneStats(stats.clone())),
                 }
             })
             .collect();
@@ -176,7 +182,7 @@ impl Pool {
             lanes,
             generation: watch::Sender::new(generation.clone()),
             swapping: tokio::sync::Mutex::new(()),
-            stats: Arc::new(PoolStats::new(workers)),
+            stats,
         });
         for id in 1..=workers {
             let shard = shards.of_worker(id);
@@ -262,7 +268,7 @@ impl Pool {
         }
         match answer.await {
             Ok(Ok(response)) => {
-                Ok(response.map(|body| PoolBody::new(body, shared, inner.stats.clone())))
+                Ok(response.map(|body| PoolBody::new(body, shared, lane.stats.clone())))
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ServeError::Internal(

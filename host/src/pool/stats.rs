@@ -1,13 +1,19 @@
 //! Live counters of a pool and its workers, read by the metrics and the stats endpoints.
 //! The request path only ever touches its own worker's counters.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::outcome::Recycle;
 
 /// Live counters of one worker.
+///
+/// Aligned to its own cache lines: the workers' counters sit side by side in
+/// [`PoolStats::workers`], and workers on different event-loop threads updating neighbouring
+/// counters with every request would pass the line between the cores.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct WorkerStats {
     /// Requests served by this worker, over all its instances.
     pub requests: AtomicU64,
@@ -93,6 +99,13 @@ impl PoolStats {
         self.workers.get(id.wrapping_sub(1))
     }
 }
+
+/// A lane's handle on its pool's counters, which each of the lane's response bodies holds a
+/// clone of: a clone of the pool's own `Arc<PoolStats>` per request would be a reference
+/// count that every event-loop thread increments and decrements, while a lane's handle is
+/// touched by its own thread.
+#[derive(Debug)]
+pub(super) struct LaneStats(pub Arc<PoolStats>);
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
