@@ -494,6 +494,35 @@ fn two_host_headers_are_a_bad_request() {
     assert!(body.contains("more than one `Host` header"), "{body}");
 }
 
+/// A guest cannot declare two lengths for one response body (the fix the 48.0.9 patch
+/// release is known for is already in the 48.0.8 this host is built on, the newest 48.x the
+/// registry serves): the second `content-length`, appended or set as a list, is refused in
+/// the guest, and the client gets one `Content-Length` that matches the body.
+#[test]
+fn a_guest_cannot_declare_two_body_lengths() {
+    let server = start(guests::TESTBED, &["--workers", "1"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(b"GET /framing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{raw}");
+    let lengths: Vec<&str> = head
+        .lines()
+        .filter(|l| l.starts_with("content-length:"))
+        .collect();
+    assert_eq!(lengths, ["content-length: 3"], "{raw}");
+    assert!(head.contains("x-second-append: refused"), "{raw}");
+    assert!(head.contains("x-set-two: refused"), "{raw}");
+    assert_eq!(body, "abc");
+}
+
 /// Requests already sent on open keep-alive connections when SIGTERM arrives are answered
 /// (with `Connection: close`), not reset: 20 idle keep-alive connections each send a request,
 /// then the server is told to stop. The race this closes (bytes in the kernel that the runtime

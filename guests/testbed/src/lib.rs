@@ -130,6 +130,28 @@ impl Guest for Testbed {
                 }
                 let _ = OutgoingBody::finish(body, None);
             }
+            "/framing" => {
+                // Two lengths declared for one body (a response-splitting hazard): wasi-http
+                // must refuse the second declaration, whichever way the guest tries.
+                let headers = Fields::new();
+                let _ = headers.append("content-length", b"3");
+                let verdict = |accepted: bool| if accepted { "accepted" } else { "refused" };
+                let append = verdict(headers.append("content-length", b"100").is_ok());
+                let two = [b"3".to_vec(), b"100".to_vec()];
+                let set = verdict(headers.set("content-length", &two).is_ok());
+                let _ = headers.append("x-second-append", append.as_bytes());
+                let _ = headers.append("x-set-two", set.as_bytes());
+                let response = OutgoingResponse::new(headers);
+                let body = response
+                    .body()
+                    .expect("a fresh response's body is taken once");
+                ResponseOutparam::set(response_out, Ok(response));
+                if let Ok(mut stream) = body.write() {
+                    let _ = stream.write_all(b"abc");
+                    let _ = stream.flush();
+                }
+                let _ = OutgoingBody::finish(body, None);
+            }
             "/fields" => {
                 let value = vec![b'v'; number("kib", 32) as usize * 1024];
                 let mut hoard = Vec::new();
