@@ -116,11 +116,7 @@ pub fn reply() -> (Reply, Answer) {
 impl Reply {
     /// Delivers `result` unless something was already delivered.
     pub fn send(&self, result: Result<GuestResponse, ServeError>) {
-        let sender = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let sender = crate::lock(&self.0).take();
         if let Some(sender) = sender {
             // The receiver is gone when the client disconnected: nothing to do.
             let _ = sender.send(result);

@@ -70,4 +70,13 @@ pub mod tls;
 pub mod uwsgi;
 
 pub use app::{App, Listeners, run};
+
+/// Locks `mutex`, taking its data even if a thread panicked while holding it: fibhost's
+/// mutexes guard data that is whole between statements (a path, a reply slot, partial output
+/// lines, the routes' metrics), so one panic must not spread to every later user.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 pub use config::Config;

@@ -20,13 +20,14 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
 };
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::guest::LiveInstances;
+use crate::lock;
 use crate::logging::DroppedLinesHandle;
 use crate::outbound::OutboundMetrics;
 use crate::outcome::Recycle;
@@ -240,10 +241,6 @@ struct ConstHistogram {
     buckets: Vec<(f64, u64)>,
 }
 
-impl TypedMetric for ConstHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
 impl EncodeMetric for ConstHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
@@ -311,12 +308,6 @@ impl Collector for RouteCollector {
 
 /// The status classes, in the order of [`Cell::by_class`].
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 impl Default for Metrics {
     fn default() -> Self {

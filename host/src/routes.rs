@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Result, bail};
 
 use crate::config::RouteConfig;
+use crate::lock;
 use crate::metrics::RouteMetrics;
 use crate::pool::Pool;
 
@@ -52,12 +53,6 @@ impl Route {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// The routes, longest prefix first, and the metrics of requests that match none.
 pub struct Router {
     routes: Vec<Route>,
@@ -71,13 +66,9 @@ impl Router {
         Router { routes, unrouted }
     }
 
-    /// The route whose prefix is the longest match for `path`: a prefix matches the path
-    /// itself and anything below it (`/api` matches `/api` and `/api/x`, not `/apix`).
-    pub fn route(&self, path: &str) -> Option<&Route> {
-        self.position(path).map(|index| &self.routes[index])
-    }
-
-    /// The index in [`Router::routes`] of the route for `path` (see [`Router::route`]).
+    /// The index in [`Router::routes`] of the route whose prefix is the longest match for
+    /// `path`: a prefix matches the path itself and anything below it (`/api` matches `/api`
+    /// and `/api/x`, not `/apix`).
     pub fn position(&self, path: &str) -> Option<usize> {
         self.routes
             .iter()

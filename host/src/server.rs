@@ -34,7 +34,7 @@ use crate::logging::{AccessEntry, AccessLog};
 use crate::metrics::RouteMetrics;
 use crate::pool::{Completion, PoolBody};
 use crate::request_id::{self, RequestId, RequestIds};
-use crate::routes::Router;
+use crate::routes::{Route, Router};
 use crate::shards::Shards;
 use crate::tls::Tls;
 
@@ -651,7 +651,8 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let started = Instant::now();
+    let counted = Counted::start(ctx, request.uri().path());
+    let ctx = &counted.ctx;
     let mut progress = Progress::start(activity);
     let id = ctx.ids.assign(request.headers().get(request_id::HEADER));
     // Clones of the parsed method and URI share their bytes: no copy on the request path.
@@ -661,10 +662,7 @@ where
         peer,
         id: id.clone(),
     });
-    let counted = Counted::start(ctx, request.uri().path(), started);
-    let ctx = &counted.ctx;
-    let route = counted.route.map(|index| &ctx.router.routes()[index]);
-    let inner = match dispatch(ctx, route, request, scheme, id).await {
+    let inner = match dispatch(ctx, counted.route(), request, scheme, id).await {
         Ok(response) => response.map(Inner::Guest),
         Err(error) => error.to_response().map(|body| {
             let bytes = body.size_hint().exact().unwrap_or(0);
@@ -820,7 +818,7 @@ async fn first_frame(body: &mut Inner) -> Option<Option<Result<Frame<Bytes>, Bod
 
 async fn dispatch<B>(
     ctx: &Ctx,
-    route: Option<&crate::routes::Route>,
+    route: Option<&Route>,
     mut request: Request<B>,
     scheme: Scheme,
     id: RequestId,
@@ -1111,23 +1109,29 @@ pub struct ServerBody {
 struct Counted {
     ctx: Arc<Ctx>,
     /// The route's index in the router; `None` for a request that matched no route.
-    route: Option<usize>,
+    index: Option<usize>,
     started: Instant,
 }
 
 impl Counted {
-    fn start(ctx: Arc<Ctx>, path: &str, started: Instant) -> Counted {
-        let route = ctx.router.position(path);
-        ctx.router.metrics(route).start();
+    /// Starts counting a request for `path`, from now.
+    fn start(ctx: Arc<Ctx>, path: &str) -> Counted {
+        let index = ctx.router.position(path);
+        ctx.router.metrics(index).start();
         Counted {
             ctx,
-            route,
-            started,
+            index,
+            started: Instant::now(),
         }
     }
 
+    /// The route serving the request, if one matched.
+    fn route(&self) -> Option<&Route> {
+        self.index.map(|index| &self.ctx.router.routes()[index])
+    }
+
     fn metrics(&self) -> &RouteMetrics {
-        self.ctx.router.metrics(self.route)
+        self.ctx.router.metrics(self.index)
     }
 }
 

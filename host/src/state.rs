@@ -16,6 +16,7 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{FieldMap, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks};
 
+use crate::lock;
 use crate::outbound::{Outbound, Sent};
 use crate::request_id::RequestId;
 
@@ -269,13 +270,6 @@ const STREAMS: [&str; 2] = ["stdout", "stderr"];
 /// The tracing target of a guest's output lines (what `RUST_LOG=fibhost::guest=off` hides, and
 /// what `fibhost check` collects).
 pub const OUTPUT_TARGET: &str = "fibhost::guest";
-
-/// A poisoned lock only means another thread panicked while logging; the data is still usable.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Guest stdout or stderr: each line goes to fibhost's log, tagged by [`OutputTag`].
 struct GuestOutput {
